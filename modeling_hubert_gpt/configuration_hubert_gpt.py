@@ -1,0 +1,134 @@
+"""Configuration of hubert-gpt: a speech encoder, a bridge and a causal language model."""
+
+from transformers import AutoConfig, PretrainedConfig
+
+# The paper's LLM (rinna/japanese-gpt-neox-3.6b) is the default text model's shape.
+_DEFAULT_TEXT_CONFIG = {
+    "model_type": "gpt_neox",
+    "vocab_size": 32000,
+    "hidden_size": 2816,
+    "num_hidden_layers": 36,
+    "num_attention_heads": 22,
+    "intermediate_size": 11264,
+    "use_parallel_residual": False,
+    "bos_token_id": 2,
+    "eos_token_id": 3,
+    "pad_token_id": 3,
+}
+
+BRIDGE_TYPES = ("conv", "ctc")
+
+
+def _as_config(value, default_model_type, name):
+    """Turn None, a dict (with optional `model_type`) or a config object into a config object."""
+    if value is None:
+        return AutoConfig.for_model(default_model_type)
+    if isinstance(value, dict):
+        value = dict(value)
+        return AutoConfig.for_model(value.pop("model_type", default_model_type), **value)
+    if isinstance(value, PretrainedConfig):
+        return value
+    raise TypeError(f"{name} must be a PretrainedConfig, a dict or None, got {type(value).__name__}")
+
+
+class HubertGptConfig(PretrainedConfig):
+    r"""
+    Configuration of [`HubertGptForConditionalGeneration`].
+
+    Args:
+        audio_config (`PretrainedConfig` or `dict`, *optional*):
+            The speech encoder's config: any encoder with HuBERT's interface (HuBERT, WavLM, wav2vec 2.0).
+            Defaults to HuBERT base.
+        text_config (`PretrainedConfig` or `dict`, *optional*):
+            The causal language model's config: anything `AutoModelForCausalLM` knows. Defaults to the shape of
+            rinna/japanese-gpt-neox-3.6b.
+        bridge_type (`str`, *optional*, defaults to `"conv"`):
+            `"conv"`: strided Conv1d + GELU layers, then a Linear to the LLM width (50 Hz -> 12.5 Hz).
+            `"ctc"`: a CTC head over the LLM vocabulary plus blank; blank frames are dropped, then a Linear.
+        bridge_conv_kernel_size (`list[int]`, *optional*, defaults to `[4, 4]`):
+            Kernel size of each bridge Conv1d (conv bridge).
+        bridge_conv_stride (`list[int]`, *optional*, defaults to `[2, 2]`):
+            Stride of each bridge Conv1d (conv bridge).
+        ctc_blank_id (`int`, *optional*):
+            Index of the blank label in the CTC head's output. Defaults to `text_config.vocab_size`, an extra class.
+        ctc_merge_repeats (`bool`, *optional*, defaults to `True`):
+            Average runs of consecutive frames with the same CTC label into one frame (ctc bridge).
+        ctc_loss_weight (`float`, *optional*, defaults to `0.3`):
+            Weight of the auxiliary CTC loss added to the LLM loss in training (ctc bridge; 0 turns it off).
+        prompt_bos_token_id (`int`, *optional*):
+            Token placed before the speech in the LLM prompt. Defaults to `text_config.bos_token_id`.
+        prompt_sep_token_id (`int`, *optional*):
+            Token placed after the speech, where the transcript begins. Defaults to `prompt_bos_token_id`; the
+            paper uses `[SEP]`.
+        max_new_tokens_per_second (`float`, *optional*, defaults to `4.0`):
+        max_new_tokens_base (`int`, *optional*, defaults to `20`):
+            Unless `max_new_tokens`/`max_length` is given, an utterance of `s` seconds may generate at most
+            `int(max_new_tokens_per_second * s + max_new_tokens_base + 0.5)` tokens (nue-asr's bound), so a
+            looping LLM cannot run away.
+        sampling_rate (`int`, *optional*, defaults to 16000):
+            Sampling rate of the encoder's input audio.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the bridge weights' initialisation.
+    """
+
+    model_type = "hubert_gpt"
+    sub_configs = {"audio_config": AutoConfig, "text_config": AutoConfig}
+
+    def __init__(
+        self,
+        audio_config=None,
+        text_config=None,
+        bridge_type="conv",
+        bridge_conv_kernel_size=(4, 4),
+        bridge_conv_stride=(2, 2),
+        ctc_blank_id=None,
+        ctc_merge_repeats=True,
+        ctc_loss_weight=0.3,
+        prompt_bos_token_id=None,
+        prompt_sep_token_id=None,
+        max_new_tokens_per_second=4.0,
+        max_new_tokens_base=20,
+        sampling_rate=16000,
+        initializer_range=0.02,
+        **kwargs,
+    ):
+        if text_config is None:
+            text_config = dict(_DEFAULT_TEXT_CONFIG)
+        self.audio_config = _as_config(audio_config, "hubert", "audio_config")
+        self.text_config = _as_config(text_config, "gpt_neox", "text_config")
+        if bridge_type not in BRIDGE_TYPES:
+            raise ValueError(f"bridge_type must be one of {BRIDGE_TYPES}, got {bridge_type!r}")
+        if len(bridge_conv_kernel_size) != len(bridge_conv_stride):
+            raise ValueError(
+                f"bridge_conv_kernel_size {list(bridge_conv_kernel_size)} and bridge_conv_stride "
+                f"{list(bridge_conv_stride)} must have the same length (one entry per Conv1d)"
+            )
+        self.bridge_type = bridge_type
+        self.bridge_conv_kernel_size = list(bridge_conv_kernel_size)
+        self.bridge_conv_stride = list(bridge_conv_stride)
+        vocab_size = self.text_config.vocab_size
+        self.ctc_blank_id = vocab_size if ctc_blank_id is None else ctc_blank_id
+        if not 0 <= self.ctc_blank_id <= vocab_size:
+            raise ValueError(f"ctc_blank_id must be in [0, {vocab_size}] (vocab_size is the extra class), got {ctc_blank_id}")
+        self.ctc_merge_repeats = ctc_merge_repeats
+        self.ctc_loss_weight = ctc_loss_weight
+        self.prompt_bos_token_id = self.text_config.bos_token_id if prompt_bos_token_id is None else prompt_bos_token_id
+        self.prompt_sep_token_id = self.prompt_bos_token_id if prompt_sep_token_id is None else prompt_sep_token_id
+        for name in ("prompt_bos_token_id", "prompt_sep_token_id"):
+            if getattr(self, name) is None:
+                raise ValueError(f"{name} is not set and text_config has no bos_token_id to default to")
+        self.max_new_tokens_per_second = max_new_tokens_per_second
+        self.max_new_tokens_base = max_new_tokens_base
+        self.sampling_rate = sampling_rate
+        self.initializer_range = initializer_range
+        kwargs.setdefault("tie_word_embeddings", False)
+        super().__init__(**kwargs)
+
+    @property
+    def ctc_num_labels(self):
+        """Size of the CTC head's output: the LLM vocabulary, plus one when blank is an extra class."""
+        vocab_size = self.text_config.vocab_size
+        return vocab_size + 1 if self.ctc_blank_id == vocab_size else vocab_size
+
+
+HubertGptConfig.register_for_auto_class()
