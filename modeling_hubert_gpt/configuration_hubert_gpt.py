@@ -96,6 +96,11 @@ class HubertGptConfig(PretrainedConfig):
             text_config = dict(_DEFAULT_TEXT_CONFIG)
         self.audio_config = _as_config(audio_config, "hubert", "audio_config")
         self.text_config = _as_config(text_config, "gpt_neox", "text_config")
+        if getattr(self.text_config, "is_encoder_decoder", False):
+            raise ValueError(
+                f"text_config (model_type {self.text_config.model_type!r}) is an encoder-decoder; "
+                "hubert-gpt needs a decoder-only causal LM (gpt_neox, llama, ...)"
+            )
         if bridge_type not in BRIDGE_TYPES:
             raise ValueError(f"bridge_type must be one of {BRIDGE_TYPES}, got {bridge_type!r}")
         if len(bridge_conv_kernel_size) != len(bridge_conv_stride):
@@ -112,7 +117,7 @@ class HubertGptConfig(PretrainedConfig):
             raise ValueError(f"ctc_blank_id must be in [0, {vocab_size}] (vocab_size is the extra class), got {ctc_blank_id}")
         self.ctc_merge_repeats = ctc_merge_repeats
         self.ctc_loss_weight = ctc_loss_weight
-        self.prompt_bos_token_id = self.text_config.bos_token_id if prompt_bos_token_id is None else prompt_bos_token_id
+        self.prompt_bos_token_id = getattr(self.text_config, "bos_token_id", None) if prompt_bos_token_id is None else prompt_bos_token_id
         self.prompt_sep_token_id = self.prompt_bos_token_id if prompt_sep_token_id is None else prompt_sep_token_id
         for name in ("prompt_bos_token_id", "prompt_sep_token_id"):
             if getattr(self, name) is None:

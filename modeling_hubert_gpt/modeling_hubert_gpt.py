@@ -181,11 +181,6 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     def __init__(self, config: HubertGptConfig, audio_tower=None, language_model=None):
         super().__init__(config)
-        if config.text_config.is_encoder_decoder:
-            raise ValueError(
-                f"text_config (model_type {config.text_config.model_type!r}) is an encoder-decoder; "
-                "hubert-gpt needs a decoder-only causal LM (GPT-NeoX, Llama, ...)"
-            )
         for key in ("conv_kernel", "conv_stride", "hidden_size"):
             if not hasattr(config.audio_config, key):
                 raise ValueError(
@@ -206,13 +201,18 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         if getattr(config.audio_config, "feat_extract_norm", None) == "group":
             self._use_utterance_group_norm()
         self.post_init()
-        text = config.text_config
+        # Some encoders name only one of their layer classes (HuBERT omits its stable-layer-norm layer).
+        encoder_layers = getattr(getattr(self.audio_tower, "encoder", None), "layers", None)
+        if encoder_layers:
+            self._no_split_modules.add(type(encoder_layers[0]).__name__)
+        eos_id = getattr(config.text_config, "eos_token_id", None)
+        pad_id = getattr(config.text_config, "pad_token_id", None)
         self.generation_config = GenerationConfig(
             do_sample=False,
             num_beams=1,
             bos_token_id=config.prompt_bos_token_id,
-            eos_token_id=text.eos_token_id,
-            pad_token_id=text.pad_token_id if text.pad_token_id is not None else text.eos_token_id,
+            eos_token_id=eos_id,
+            pad_token_id=eos_id if pad_id is None else pad_id,
         )
 
     def _use_utterance_group_norm(self):

@@ -1,0 +1,1 @@
+"""Training helpers for hubert-gpt (never imported by modeling_hubert_gpt/)."""

@@ -1,0 +1,53 @@
+"""Small random-init hubert-gpt configs, for tests, the smoke preset and CPU recipes."""
+
+from transformers import AutoConfig
+
+from modeling_hubert_gpt import HubertGptConfig
+
+
+def tiny_audio_config(model_type="hubert", feat_extract_norm="layer", hidden_size=32, layers=2, conv_dim=16, **kwargs):
+    """A HuBERT-shaped encoder (HuBERT's 7-layer conv front end: 320 samples per frame, 400-sample window)."""
+    return AutoConfig.for_model(
+        model_type,
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=hidden_size * 2,
+        conv_dim=(conv_dim,) * 7,
+        feat_extract_norm=feat_extract_norm,
+        do_stable_layer_norm=feat_extract_norm == "layer",
+        conv_bias=feat_extract_norm == "layer",
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        mask_time_prob=0.0,
+        layerdrop=0.0,
+        **kwargs,
+    )
+
+
+def tiny_text_config(model_type="gpt_neox", vocab_size=100, hidden_size=32, layers=2, bos=1, eos=2, pad=0, **kwargs):
+    """A GPT-NeoX-shaped (or any causal-LM type) decoder."""
+    return AutoConfig.for_model(
+        model_type,
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=hidden_size * 2,
+        max_position_embeddings=512,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        **kwargs,
+    )
+
+
+def tiny_config(bridge_type="conv", feat_extract_norm="layer", audio_model_type="hubert", text_model_type="gpt_neox",
+                vocab_size=100, sep=3, **kwargs):
+    return HubertGptConfig(
+        audio_config=tiny_audio_config(audio_model_type, feat_extract_norm),
+        text_config=tiny_text_config(text_model_type, vocab_size),
+        bridge_type=bridge_type,
+        prompt_sep_token_id=sep,
+        **kwargs,
+    )

@@ -1,0 +1,284 @@
+"""The model: batched == single, cached == uncached, bridges, losses, gradients, bad input."""
+
+import pytest
+import torch
+from transformers import GPTNeoXConfig, HubertModel, T5Config
+from transformers.generation.streamers import BaseStreamer
+
+from hubert_gpt_training.tiny import tiny_config
+from modeling_hubert_gpt import HubertGptConfig, HubertGptForConditionalGeneration
+
+LENGTHS = [16000, 9000, 5000]
+
+
+def build(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    return HubertGptForConditionalGeneration(tiny_config(**kwargs)).eval()
+
+
+def padded_batch(lengths=LENGTHS, seed=0):
+    """Noise bursts of the given lengths, right-padded with zeros: input_values (B, S), attention_mask (B, S)."""
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.zeros(len(lengths), max(lengths))
+    mask = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    for i, n in enumerate(lengths):
+        values[i, :n] = 0.1 * torch.randn(n, generator=generator)
+        mask[i, :n] = 1
+    return values, mask
+
+
+def strip(row, pad_id):
+    row = row.tolist()
+    while row and row[-1] == pad_id:
+        row.pop()
+    return row
+
+
+VARIANTS = [
+    dict(bridge_type="conv", feat_extract_norm="layer"),
+    dict(bridge_type="conv", feat_extract_norm="group"),
+    dict(bridge_type="ctc", feat_extract_norm="layer"),
+    dict(bridge_type="ctc", feat_extract_norm="group"),
+    dict(bridge_type="conv", feat_extract_norm="group", audio_model_type="wavlm", text_model_type="llama"),
+    dict(bridge_type="ctc", feat_extract_norm="layer", audio_model_type="wavlm", text_model_type="llama"),
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(v.values()))
+def test_batched_generate_equals_single(variant):
+    model = build(**variant)
+    values, mask = padded_batch()
+    batched = model.generate(values, mask)
+    pad = model.generation_config.pad_token_id
+    for i, n in enumerate(LENGTHS):
+        single = model.generate(values[i : i + 1, :n])
+        assert strip(batched[i], pad) == strip(single[0], pad)
+        # The speech prompt itself is the same, not just the argmax.
+        speech_b = model.encode_speech(values, mask)
+        speech_s = model.encode_speech(values[i : i + 1, :n])
+        assert speech_b.lengths[i] == speech_s.lengths[0]
+        torch.testing.assert_close(
+            speech_b.embeds[i, : speech_b.lengths[i]], speech_s.embeds[0, : speech_s.lengths[0]], atol=1e-5, rtol=1e-4
+        )
+
+
+def test_group_norm_padding_is_handled_and_would_matter():
+    """A 'group' encoder run naively on a padded batch changes the short utterance; ours does not."""
+    model = build(feat_extract_norm="group")
+    values, mask = padded_batch()
+    naive = HubertModel(model.config.audio_config).eval()
+    naive.load_state_dict(model.audio_tower.state_dict())
+    n = LENGTHS[2]
+    frames = int(model.encoder_output_lengths(torch.tensor([n]))[0])
+    with torch.no_grad():
+        alone = naive(values[2:3, :n]).last_hidden_state[0, :frames]
+        in_batch = naive(values, attention_mask=mask).last_hidden_state[2, :frames]
+        speech_b = model.encode_speech(values, mask)
+        speech_s = model.encode_speech(values[2:3, :n])
+    assert (alone - in_batch).abs().max() > 1e-2  # the naive batch is measurably wrong
+    torch.testing.assert_close(speech_b.embeds[2, : speech_b.lengths[2]], speech_s.embeds[0], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bridge_type", ["conv", "ctc"])
+def test_cached_equals_uncached(bridge_type):
+    model = build(bridge_type=bridge_type)
+    values, mask = padded_batch()
+    torch.testing.assert_close(model.generate(values, mask), model.generate(values, mask, use_cache=False), rtol=0, atol=0)
+
+
+def test_beam_search_batched_equals_single_and_sampling_is_seeded():
+    model = build()
+    values, mask = padded_batch()
+    pad = model.generation_config.pad_token_id
+    beams = model.generate(values, mask, num_beams=3, max_new_tokens=6)
+    for i, n in enumerate(LENGTHS):
+        single = model.generate(values[i : i + 1, :n], num_beams=3, max_new_tokens=6)
+        assert strip(beams[i], pad) == strip(single[0], pad)
+    torch.manual_seed(1)
+    first = model.generate(values, mask, do_sample=True, top_k=5, max_new_tokens=6)
+    torch.manual_seed(1)
+    second = model.generate(values, mask, do_sample=True, top_k=5, max_new_tokens=6)
+    assert first.shape == (3, 6) and torch.equal(first, second)
+
+
+def test_streamer_sees_exactly_the_generated_tokens():
+    class Collect(BaseStreamer):
+        def __init__(self):
+            self.tokens, self.ended = [], False
+
+        def put(self, value):
+            self.tokens += value.flatten().tolist()
+
+        def end(self):
+            self.ended = True
+
+    model = build()
+    values, _ = padded_batch([16000])
+    streamer = Collect()
+    out = model.generate(values, streamer=streamer)
+    assert streamer.ended and streamer.tokens == out[0].tolist()
+
+
+def test_new_token_bound_grows_with_audio():
+    model = build()
+    # Forbid eos so every utterance runs to its bound: int(4 * seconds + 20 + 0.5).
+    model.generation_config.eos_token_id = None
+    values, mask = padded_batch([32000, 16000, 4000])
+    out = model.generate(values, mask)
+    pad = model.generation_config.pad_token_id
+    lengths = [len(strip(row, pad)) for row in out]
+    assert out.shape[1] == 28
+    assert model.max_new_tokens_for(torch.tensor([32000, 16000, 4000])).tolist() == [28, 24, 21]
+    # A row may end on a pad-id token by chance, so compare upper bounds and the longest exactly.
+    assert lengths[0] <= 28 and lengths[1] <= 24 and lengths[2] <= 21
+    assert (out[1, 24:] == pad).all() and (out[2, 21:] == pad).all()
+    assert model.generate(values, mask, max_new_tokens=5).shape[1] == 5
+
+
+def test_ctc_bridge_drops_blanks_and_merges_repeats():
+    config = tiny_config(bridge_type="ctc", vocab_size=31)  # 32 CTC labels == encoder width: an identity head
+    model = HubertGptForConditionalGeneration(config).eval()
+    bridge = model.bridge
+    with torch.no_grad():
+        bridge.ctc_head.weight.copy_(torch.eye(32))
+        bridge.ctc_head.bias.zero_()
+        bridge.proj.weight.copy_(torch.eye(32))
+        bridge.proj.bias.zero_()
+    blank = config.ctc_blank_id
+    frame_labels = [blank, 5, 5, blank, 5, 7, 7, 7, blank]
+    hidden = torch.nn.functional.one_hot(torch.tensor(frame_labels), 32).float()[None] * torch.arange(1, 10.0)[None, :, None]
+    out, lengths, logits = bridge(hidden, torch.tensor([9]))
+    assert lengths.tolist() == [3] and logits.shape == (1, 9, 32)
+    expected = torch.stack([hidden[0, 1:3].mean(0), hidden[0, 4], hidden[0, 5:8].mean(0)])
+    torch.testing.assert_close(out[0], expected)
+    bridge.merge_repeats = False
+    out, lengths, _ = bridge(hidden, torch.tensor([9]))
+    assert lengths.tolist() == [6]
+    torch.testing.assert_close(out[0], hidden[0, [1, 2, 4, 5, 6, 7]])
+
+
+def test_ctc_bridge_all_blank_keeps_one_frame(caplog):
+    model = build(bridge_type="ctc")
+    with torch.no_grad():
+        model.bridge.ctc_head.bias[model.config.ctc_blank_id] = 1e4
+    values, mask = padded_batch()
+    speech = model.encode_speech(values, mask)
+    assert speech.lengths.tolist() == [1, 1, 1]
+    assert model.generate(values, mask).shape[0] == 3
+    assert "predicted blank" in caplog.text
+
+
+@pytest.mark.parametrize("bridge_type", ["conv", "ctc"])
+def test_loss_covers_transcript_tokens_only(bridge_type):
+    model = build(bridge_type=bridge_type, ctc_loss_weight=0.5)
+    values, mask = padded_batch()
+    labels = torch.tensor([[5, 6, 7, 2], [8, 9, 2, -100], [10, 2, -100, -100]])
+    out = model(values, mask, labels=labels)
+    speech = model.encode_speech(values, mask)
+    # Recompute the LLM loss by hand from the logits: positions right before each transcript token.
+    losses = []
+    for i in range(3):
+        start = 1 + int(speech.lengths[i])  # the [sep] position predicts the first transcript token
+        text = labels[i][labels[i] != -100]
+        logits = out.logits[i, start : start + len(text)]
+        losses.append(torch.nn.functional.cross_entropy(logits, text, reduction="sum"))
+    manual = torch.stack(losses).sum() / (labels != -100).sum()
+    torch.testing.assert_close(out.llm_loss, manual)
+    if bridge_type == "ctc":
+        torch.testing.assert_close(out.loss, out.llm_loss + 0.5 * out.ctc_loss)
+    else:
+        assert out.ctc_loss is None and out.loss is out.llm_loss
+
+
+@pytest.mark.parametrize("bridge_type", ["conv", "ctc"])
+def test_gradients_reach_exactly_the_trainable_parameters(bridge_type):
+    model = build(bridge_type=bridge_type).train()
+    for p in model.audio_tower.parameters():
+        p.requires_grad_(False)
+    values, mask = padded_batch()
+    labels = torch.tensor([[5, 6, 2], [8, 2, -100], [10, 2, -100]])
+    model(values, mask, labels=labels).loss.backward()
+    got = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    expected = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert got == expected
+    assert not any(n.startswith("audio_tower.") for n in got)
+
+
+@pytest.mark.parametrize("bridge_type", ["conv", "ctc"])
+def test_tiny_model_overfits_exact_transcripts(bridge_type):
+    """Four utterances, four transcripts: only a correct prompt layout and loss mask can learn them all."""
+    model = build(seed=0, bridge_type=bridge_type, ctc_loss_weight=0.0).train()
+    values, mask = padded_batch([8000, 7000, 6000, 9000], seed=3)
+    transcripts = [[11, 12, 13], [14, 15], [13, 12, 11, 16], [17, 11]]
+    eos = model.generation_config.eos_token_id
+    labels = torch.full((4, 5), -100)
+    for i, t in enumerate(transcripts):
+        labels[i, : len(t) + 1] = torch.tensor(t + [eos])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        optimizer.zero_grad()
+        model(values, mask, labels=labels).loss.backward()
+        optimizer.step()
+    model.eval()
+    out = model.generate(values, mask)
+    pad = model.generation_config.pad_token_id
+    assert [strip(row, pad) for row in out] == [t + [eos] for t in transcripts]
+
+
+def test_from_pretrained_components_keeps_weights(tmp_path):
+    donor = build()
+    donor.audio_tower.save_pretrained(tmp_path / "audio")
+    donor.language_model.save_pretrained(tmp_path / "text")
+    model = HubertGptForConditionalGeneration.from_pretrained_components(
+        str(tmp_path / "audio"), str(tmp_path / "text"), bridge_type="ctc", prompt_sep_token_id=3
+    )
+    for name, tensor in donor.state_dict().items():
+        if not name.startswith("bridge."):
+            assert torch.equal(model.state_dict()[name], tensor), name
+    assert model.config.bridge_type == "ctc" and model.config.prompt_sep_token_id == 3
+
+
+def test_bfloat16_and_sdpa(tmp_path):
+    build().save_pretrained(tmp_path)
+    model = HubertGptForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16, attn_implementation="sdpa")
+    assert model.language_model.dtype == torch.bfloat16 and model.audio_tower.dtype == torch.bfloat16
+    assert model.language_model.config._attn_implementation == "sdpa"
+    values, mask = padded_batch()
+    out = model.generate(values, mask)  # float32 audio into a bfloat16 model
+    assert out.shape[0] == 3
+
+
+def test_device_map_auto_and_no_split_modules(tmp_path):
+    build().save_pretrained(tmp_path)
+    model = HubertGptForConditionalGeneration.from_pretrained(tmp_path, device_map="auto")
+    assert {"GPTNeoXLayer", "HubertEncoderLayerStableLayerNorm", "HubertGptConvBridge"} <= set(model._no_split_modules)
+    values, mask = padded_batch()
+    assert model.generate(values, mask).shape[0] == 3
+
+
+def test_bad_input_errors():
+    model = build()
+    with pytest.raises(ValueError, match="needs at least 3280"):
+        model.generate(torch.zeros(1, 0))
+    with pytest.raises(ValueError, match="needs at least 3280"):
+        model.generate(torch.zeros(1, 3000))
+    values, mask = padded_batch()
+    values[1, 10] = float("nan")
+    with pytest.raises(ValueError, match=r"utterance\(s\) \[1\] contain NaN or Inf"):
+        model.generate(values, mask)
+    with pytest.raises(ValueError, match="must be float audio"):
+        model.generate(torch.zeros(1, 16000, dtype=torch.int16))
+    values, mask = padded_batch()
+    with pytest.raises(ValueError, match="more than the LLM's context of 512"):
+        model(values, mask, labels=torch.ones(3, 600, dtype=torch.long))
+    with pytest.raises(ValueError, match="bridge_type must be one of"):
+        tiny_config(bridge_type="linear")
+    with pytest.raises(ValueError, match="is an encoder-decoder"):
+        HubertGptConfig(text_config=T5Config(d_model=8, num_layers=1, vocab_size=10, bos_token_id=0))
+    with pytest.raises(ValueError, match="not a causal language model"):
+        HubertGptForConditionalGeneration(
+            HubertGptConfig(text_config={"model_type": "hubert", "bos_token_id": 1}, audio_config=model.config.audio_config)
+        )
+    with pytest.raises(TypeError, match="text_config must be"):
+        HubertGptConfig(text_config="gpt_neox")
+    assert isinstance(HubertGptConfig(text_config=GPTNeoXConfig(bos_token_id=0)).text_config, GPTNeoXConfig)
