@@ -247,6 +247,16 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         model = cls(config, audio_tower=audio_model, language_model=text_model)
         return model.to(text_model.dtype)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Also records the ASR pipeline in config.json, so the folder works with `pipeline(..., trust_remote_code=True)`."""
+        from .pipeline_hubert_gpt import register_pipeline_in_config  # a relative import: the file is saved alongside
+
+        register_pipeline_in_config(self.config)
+        # custom_object_save adds the AutoModelForSpeechSeq2Seq entry; plain AutoModel opens the same class.
+        name = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": name}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     # --- embeddings, delegated to the LLM ---------------------------------------------------------
     def get_input_embeddings(self):
         return self.language_model.get_input_embeddings()

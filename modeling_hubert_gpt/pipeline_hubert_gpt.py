@@ -1,0 +1,367 @@
+"""HubertGptASRPipeline: the "automatic-speech-recognition" pipeline for HubertGpt, saved with the model.
+
+The stock `AutomaticSpeechRecognitionPipeline` treats a remote-code model as CTC (`model(...).logits.argmax(-1)`),
+adds `num_beams=5, max_new_tokens=256`, needs the ffmpeg binary for files, torchaudio for resampling, and with
+`chunk_length_s` joins the chunk texts with their overlaps duplicated. This subclass runs `model.generate()`, leaves
+generation settings to the model's `generation_config`, decodes files with soundfile, resamples with scipy, and merges
+the chunk transcripts on their common tokens (`merge_overlapping_tokens`).
+
+Remote code: torch, numpy and the public transformers API at the top; soundfile and scipy are imported where used.
+"""
+
+import io
+import math
+import os
+from functools import reduce
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from transformers import AutomaticSpeechRecognitionPipeline, AutoModelForSpeechSeq2Seq
+from transformers.pipelines.pt_utils import PipelineChunkIterator, PipelineIterator, PipelinePackIterator
+
+TASK = "automatic-speech-recognition"
+
+ACCEPTED_FORMATS = "wav, flac, ogg (vorbis/opus) and mp3 (what libsndfile decodes; no ffmpeg)"
+
+# A 2-D array whose shorter side is at most this long is one multi-channel recording, downmixed by the mean
+# (same rule as HubertGptProcessor).
+MAX_CHANNELS = 8
+
+
+# --- merging the transcripts of overlapping chunks ---------------------------------------------------------------
+def merge_overlapping_tokens(left, right):
+    """Join the tokens of two chunks whose audio overlapped, keeping the overlap once.
+
+    The tail of `left` and the head of `right` transcribe the same audio. Every overlap size k is tried: the last k
+    tokens of `left` are laid on the first k of `right` and the positions where they agree are counted. The k with
+    the most agreeing positions wins (the smaller k on a tie), among those where at least half the positions agree.
+    The join is made at the middle agreeing position: tokens before it come from `left`, the rest from `right`, so
+    each side keeps the part of the overlap that lay far from its own cut edge (words cut by a chunk edge are the
+    ones a model gets wrong). When no k qualifies, the lists are concatenated: a repeated word is better than a lost
+    one.
+
+    Args:
+        left, right: token ids (any sequence of ints).
+    Returns:
+        list[int]
+
+    >>> merge_overlapping_tokens([1, 2, 3, 4], [3, 4, 5])
+    [1, 2, 3, 4, 5]
+    """
+    left, right = list(left), list(right)
+    best_k, best_hits = 0, []
+    for k in range(1, min(len(left), len(right)) + 1):
+        hits = [i for i in range(k) if left[len(left) - k + i] == right[i]]
+        if 2 * len(hits) >= k and len(hits) > len(best_hits):
+            best_k, best_hits = k, hits
+    if not best_hits:
+        return left + right
+    cut = best_hits[len(best_hits) // 2]  # left[len(left) - best_k + cut] == right[cut]
+    return left[: len(left) - best_k + cut] + right[cut:]
+
+
+def merge_chunk_tokens(chunks):
+    """Merge the token lists of consecutive overlapping chunks, left to right. `[]` for no chunks."""
+    return reduce(merge_overlapping_tokens, chunks, [])
+
+
+def chunk_spans(num_samples, chunk_len, overlap):
+    """(start, end) sample spans of chunks of `chunk_len` samples covering `num_samples`, consecutive ones sharing at
+    least `overlap` samples.
+
+    The last chunk is moved back so it ends at `num_samples` and is as long as the others (a short tail chunk could be
+    below the model's minimum input and would give it little context); it then overlaps its neighbour by more.
+    """
+    step = chunk_len - overlap
+    if step <= 0:
+        raise ValueError(f"chunk length ({chunk_len} samples) must exceed the overlap ({overlap} samples)")
+    if num_samples <= chunk_len:
+        return [(0, num_samples)]
+    starts = list(range(0, num_samples - chunk_len, step)) + [num_samples - chunk_len]
+    return [(start, start + chunk_len) for start in starts]
+
+
+# --- audio loading ------------------------------------------------------------------------------------------------
+def load_audio(inputs, sampling_rate):
+    """Any accepted pipeline input -> mono float32 1-D numpy array at `sampling_rate`.
+
+    Accepted: a path (str / os.PathLike) or the bytes of an audio file (decoded with soundfile: ACCEPTED_FORMATS,
+    at the file's rate); a numpy array or torch tensor (taken to be at `sampling_rate` already); a dict
+    `{"raw" or "array": array, "sampling_rate": rate}` (a `datasets` Audio row; resampled). Arrays may be float or
+    signed-integer PCM (int16 is divided by 32768, int32 by 2**31), mono `(samples,)` or multi-channel
+    `(channels, samples)` / `(samples, channels)` (downmixed by the mean).
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        path = os.fspath(inputs)
+        if path.startswith(("http://", "https://")):
+            raise ValueError(f"URLs are not fetched by this pipeline; download {path!r} and pass the local path.")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No audio file at {path!r}")
+        audio, rate = _decode(path, f"file {path!r}")
+        return _resample(_to_mono_float32(audio, f"file {path!r}"), rate, sampling_rate)
+    if isinstance(inputs, (bytes, bytearray)):
+        name = f"bytes input ({len(inputs)} bytes)"
+        audio, rate = _decode(io.BytesIO(inputs), name)
+        return _resample(_to_mono_float32(audio, name), rate, sampling_rate)
+    if isinstance(inputs, dict):
+        return _load_dict(inputs, sampling_rate)
+    if isinstance(inputs, (np.ndarray, torch.Tensor)):
+        return _to_mono_float32(inputs, "array input")
+    raise TypeError(
+        f"Cannot transcribe a {type(inputs).__name__}: pass a file path, the bytes of an audio file, a 1-D/2-D numpy "
+        f'array or torch tensor at {sampling_rate} Hz, or {{"raw": array, "sampling_rate": rate}}. '
+        "A list is read as several inputs."
+    )
+
+
+def _load_dict(inputs, sampling_rate):
+    audio = inputs.get("raw", inputs.get("array"))
+    if audio is None or "sampling_rate" not in inputs:
+        raise ValueError(
+            'A dict input needs the audio under "raw" (or "array", as in `datasets`) and its rate under '
+            f'"sampling_rate"; got keys {sorted(inputs)}.'
+        )
+    if inputs.get("stride") is not None:
+        raise ValueError('"stride" in a dict input is for CTC models; use `chunk_length_s` / `stride_length_s`.')
+    rate = inputs["sampling_rate"]
+    return _resample(_to_mono_float32(audio, "dict input"), rate, sampling_rate)
+
+
+def _decode(source, name):
+    try:
+        import soundfile
+    except ImportError as err:
+        raise ImportError(f"Reading audio files needs soundfile (`pip install soundfile`), for {name}.") from err
+    try:
+        audio, rate = soundfile.read(source, dtype="float32", always_2d=True)  # (samples, channels)
+    except Exception as err:  # soundfile raises LibsndfileError / RuntimeError / TypeError depending on the damage
+        raise ValueError(f"Could not decode {name} as audio ({err}). Accepted formats: {ACCEPTED_FORMATS}.") from err
+    return audio, rate
+
+
+def _to_mono_float32(audio, name):
+    """Float or signed-int PCM, mono or multi-channel -> float32 (samples,)."""
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().cpu()
+        audio = (audio.float() if audio.dtype in (torch.float16, torch.bfloat16) else audio).numpy()
+    audio = np.asarray(audio)
+    if np.issubdtype(audio.dtype, np.signedinteger):
+        audio = audio.astype(np.float32) / np.float32(np.iinfo(audio.dtype).max + 1)
+    elif np.issubdtype(audio.dtype, np.floating):
+        audio = audio.astype(np.float32, copy=False)
+    else:
+        raise TypeError(f"{name}: audio must be float or signed-integer PCM, got dtype {audio.dtype}")
+    if audio.ndim == 2:
+        channel_axis = int(np.argmin(audio.shape))
+        if audio.shape[channel_axis] > MAX_CHANNELS or audio.shape[0] == audio.shape[1]:
+            raise ValueError(
+                f"{name}: a 2-D array is read as (channels, samples) or (samples, channels) with at most "
+                f"{MAX_CHANNELS} channels; got shape {audio.shape}. Pass a list for several recordings."
+            )
+        audio = audio.mean(axis=channel_axis, dtype=np.float32)
+    if audio.ndim != 1:
+        raise ValueError(f"{name}: expected mono (samples,) or 2-D multi-channel audio, got shape {audio.shape}")
+    if audio.size == 0:
+        raise ValueError(f"{name}: the audio is empty")
+    return audio
+
+
+def _resample(audio, rate, target_rate):
+    if isinstance(rate, float) and rate.is_integer():
+        rate = int(rate)
+    if not isinstance(rate, (int, np.integer)) or isinstance(rate, bool) or rate <= 0:
+        raise ValueError(f"sampling_rate must be a positive whole number of Hz, got {rate!r}")
+    if rate == target_rate:
+        return audio
+    try:
+        from scipy.signal import resample_poly
+    except ImportError as err:
+        raise ImportError(
+            f"Resampling {rate} Hz audio to {target_rate} Hz needs scipy (`pip install scipy`), or pass audio at "
+            f"{target_rate} Hz."
+        ) from err
+    g = math.gcd(int(rate), int(target_rate))
+    return resample_poly(audio, target_rate // g, int(rate) // g).astype(np.float32)
+
+
+# --- the pipeline -------------------------------------------------------------------------------------------------
+def _single_item(items):
+    return items[0]
+
+
+def _as_lists(items):
+    """Batch collate: one list per key. Padding is left to the feature extractor in `_forward`."""
+    return {key: [item[key] for item in items] for key in items[0]}
+
+
+class HubertGptASRPipeline(AutomaticSpeechRecognitionPipeline):
+    """Speech recognition with `model.generate()`.
+
+    `pipeline("automatic-speech-recognition", model=folder, trust_remote_code=True)` gives this class when the
+    folder's config.json carries `custom_pipelines` (see `register_pipeline_in_config`).
+
+    Inputs: see `load_audio`; a list of inputs gives a list of outputs. Call options:
+        chunk_length_s (`float`): transcribe audio longer than this in overlapping chunks of this length and merge
+            the chunk transcripts on their shared tokens.
+        stride_length_s (`float` or `(left, right)`, defaults to chunk_length_s / 6 each side): the overlap of
+            consecutive chunks is left + right (only the sum matters: the merge aligns tokens, not times).
+        batch_size (`int`): chunks / inputs per `generate` call, padded with an attention mask.
+        generate_kwargs (`dict`) or generation keywords (`num_beams=3`, ...): passed to `generate`. Nothing is
+            added: the model's generation_config decides the rest.
+    Output: `{"text": str}`.
+    """
+
+    _default_generation_config = None  # no num_beams=5 / max_new_tokens=256: the model's generation_config decides
+
+    def __init__(self, model, feature_extractor=None, tokenizer=None, device=None, **kwargs):
+        if feature_extractor is None or tokenizer is None:
+            raise ValueError("HubertGptASRPipeline needs both a feature_extractor and a tokenizer")
+        super().__init__(model, feature_extractor=feature_extractor, tokenizer=tokenizer, device=device, **kwargs)
+        self.type = "seq2seq"  # the parent guessed "ctc" from the class name; we generate
+
+    def __call__(self, inputs, **kwargs):
+        """Transcribe one input (-> `{"text": str}`) or a list of them (-> list); see the class docstring."""
+        return super().__call__(inputs, **kwargs)
+
+    def _sanitize_parameters(
+        self,
+        chunk_length_s=None,
+        stride_length_s=None,
+        ignore_warning=None,
+        return_timestamps=None,
+        return_language=None,
+        decoder_kwargs=None,
+        generate_kwargs=None,
+        **more_generate_kwargs,
+    ):
+        if return_timestamps:
+            raise ValueError("HubertGptASRPipeline does not return timestamps.")
+        if return_language:
+            raise ValueError("HubertGptASRPipeline does not detect the language.")
+        if decoder_kwargs is not None:
+            raise ValueError("decoder_kwargs are for CTC models with a pyctcdecode decoder; this model generates.")
+        preprocess_params = {}
+        if chunk_length_s is not None:
+            preprocess_params["chunk_length_s"] = chunk_length_s
+        if stride_length_s is not None:
+            preprocess_params["stride_length_s"] = stride_length_s
+        forward_params = {**(generate_kwargs or {}), **more_generate_kwargs}
+        return preprocess_params, forward_params, {}
+
+    def _chunk_sizes(self, chunk_length_s, stride_length_s):
+        """Chunk length and overlap in samples."""
+        rate = self.feature_extractor.sampling_rate
+        if stride_length_s is None:
+            stride_length_s = chunk_length_s / 6
+        if isinstance(stride_length_s, (int, float)):
+            stride_length_s = (stride_length_s, stride_length_s)
+        left, right = stride_length_s
+        if chunk_length_s <= 0 or left < 0 or right < 0:
+            raise ValueError(f"need chunk_length_s > 0 and strides >= 0, got {chunk_length_s}, {stride_length_s}")
+        chunk_len = int(round(chunk_length_s * rate))
+        overlap = int(round(left * rate)) + int(round(right * rate))
+        if chunk_len <= overlap:
+            raise ValueError(
+                f"chunk_length_s ({chunk_length_s}) must exceed the two strides together ({left} + {right})"
+            )
+        return chunk_len, overlap
+
+    def _check_length(self, num_samples, what):
+        shortest = getattr(self.model, "min_input_samples", 1)
+        if num_samples < shortest:
+            rate = self.feature_extractor.sampling_rate
+            raise ValueError(
+                f"{what} has {num_samples} samples at {rate} Hz; the model needs at least {shortest} "
+                f"({shortest / rate:.3f} s)"
+            )
+
+    def preprocess(self, inputs, chunk_length_s=None, stride_length_s=None):
+        """Yields `{"audio": float32 (samples,), "is_last": bool}` per chunk (one chunk without chunk_length_s)."""
+        audio = load_audio(inputs, self.feature_extractor.sampling_rate)
+        is_path = isinstance(inputs, (str, os.PathLike))
+        self._check_length(len(audio), f"audio file {os.fspath(inputs)!r}" if is_path else "the audio")
+        spans = [(0, len(audio))]
+        if chunk_length_s:
+            chunk_len, overlap = self._chunk_sizes(chunk_length_s, stride_length_s)
+            self._check_length(min(chunk_len, len(audio)), f"a chunk of chunk_length_s={chunk_length_s}")
+            spans = chunk_spans(len(audio), chunk_len, overlap)
+        for n, (start, end) in enumerate(spans):
+            yield {"audio": audio[start:end], "is_last": n == len(spans) - 1}
+
+    def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
+        # As ChunkPipeline.get_iterator, with our own collate: for batch_size > 1 the stock pad_collate_fn refuses
+        # a tokenizer without pad token or whose padding side differs from the feature extractor's (an LLM
+        # tokenizer often pads left). Here chunks stay raw arrays and `_forward` pads them with the feature extractor.
+        if num_workers > 1:
+            num_workers = 1  # chunk streams cannot be split across workers
+        dataset = PipelineChunkIterator(inputs, self.preprocess, preprocess_params)
+        collate = _single_item if batch_size == 1 else _as_lists
+        loader = DataLoader(dataset, num_workers=num_workers, batch_size=batch_size, collate_fn=collate)
+        model_iterator = PipelinePackIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
+        return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
+
+    def _forward(self, model_inputs, **generate_kwargs):
+        audios = model_inputs["audio"]
+        if isinstance(audios, np.ndarray):  # batch_size 1: a single chunk
+            audios = [audios]
+        features = self.feature_extractor(
+            audios,
+            sampling_rate=self.feature_extractor.sampling_rate,
+            padding="longest",
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        input_values = features["input_values"].to(self.device, self.model.dtype)  # (B, S)
+        attention_mask = features["attention_mask"].to(self.device, torch.long)  # (B, S)
+        tokens = self.model.generate(
+            input_values=input_values, attention_mask=attention_mask, **self._prepare_generate_kwargs(generate_kwargs)
+        )
+        if not isinstance(tokens, torch.Tensor):  # return_dict_in_generate=True
+            tokens = tokens.sequences
+        return {"tokens": tokens, "is_last": model_inputs["is_last"]}  # tokens: (B, N) new tokens only
+
+    def _end_and_special_ids(self):
+        """(ids that end a transcript: eos and pad, ids dropped anywhere: all special ids)"""
+        ends = set()
+        for source in (self.model.generation_config, self.tokenizer):
+            for name in ("eos_token_id", "pad_token_id"):
+                value = getattr(source, name, None)
+                if isinstance(value, int):
+                    ends.add(value)
+                elif value is not None:  # a list of eos ids
+                    ends.update(value)
+        return ends, ends | set(self.tokenizer.all_special_ids)
+
+    def postprocess(self, model_outputs):
+        ends, special = self._end_and_special_ids()
+        chunks = []
+        for output in model_outputs:
+            ids = output["tokens"][0].tolist()
+            ids = ids[: next((i for i, t in enumerate(ids) if t in ends), len(ids))]  # drop eos and the padding after
+            chunks.append([t for t in ids if t not in special])
+        return {"text": self.tokenizer.decode(merge_chunk_tokens(chunks), skip_special_tokens=True)}
+
+
+# --- saving with the model ----------------------------------------------------------------------------------------
+def register_pipeline_in_config(config, model_auto_class="AutoModelForSpeechSeq2Seq"):
+    """Set `config.custom_pipelines` so that a saved folder opens with this pipeline.
+
+    `pipeline(TASK, model=folder, trust_remote_code=True)` reads `config.custom_pipelines[TASK]`: `"impl"` is
+    "<module file>.<class>" loaded from the folder (so pipeline_hubert_gpt.py must be saved there too), `"pt"` the
+    names of transformers auto classes it tries to load the model with (so `model_auto_class` must be a key of the
+    config's `auto_map`). This is what `Pipeline.save_pretrained` writes after `PIPELINE_REGISTRY.register_pipeline`,
+    without registering anything globally.
+    """
+    module = HubertGptASRPipeline.__module__.split(".")[-1]
+    config.custom_pipelines = {
+        TASK: {"impl": f"{module}.{HubertGptASRPipeline.__name__}", "pt": [model_auto_class]},
+    }
+    return config
+
+
+# What `Pipeline.save_pretrained` reads to write custom_pipelines and copy this file, so `pipe.save_pretrained(d)`
+# works too. Deliberately NOT `PIPELINE_REGISTRY.register_pipeline(TASK, ...)`: that replaces the stock
+# automatic-speech-recognition entry for the whole process, so every later `pipeline(TASK, model="openai/whisper-...")`
+# would get this class.
+HubertGptASRPipeline._registered_impl = {TASK: {"impl": HubertGptASRPipeline, "pt": (AutoModelForSpeechSeq2Seq,)}}
