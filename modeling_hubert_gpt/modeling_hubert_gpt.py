@@ -432,6 +432,7 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         Any `GenerationConfig` option or generate() keyword works (num_beams, do_sample, streamer, ...).
         Without max_new_tokens/max_length each utterance stops at its own bound (`max_new_tokens_for`).
         """
+        kwargs.pop("labels", None)  # Seq2SeqTrainer passes the training batch; transcripts are not a prompt here
         speech = self.encode_speech(input_values, attention_mask)
         embeds, prompt_mask, position_ids, _ = self.pack_prompt(speech.embeds, speech.lengths, left_pad=True)
         generation_config = copy.deepcopy(generation_config or self.generation_config)

@@ -20,13 +20,11 @@ from torch.utils.data import DataLoader
 from transformers import AutomaticSpeechRecognitionPipeline, AutoModelForSpeechSeq2Seq
 from transformers.pipelines.pt_utils import PipelineChunkIterator, PipelineIterator, PipelinePackIterator
 
+from .processing_hubert_gpt import to_mono_float32
+
 TASK = "automatic-speech-recognition"
 
 ACCEPTED_FORMATS = "wav, flac, ogg (vorbis/opus) and mp3 (what libsndfile decodes; no ffmpeg)"
-
-# A 2-D array whose shorter side is at most this long is one multi-channel recording, downmixed by the mean
-# (same rule as HubertGptProcessor).
-MAX_CHANNELS = 8
 
 
 # --- merging the transcripts of overlapping chunks ---------------------------------------------------------------
@@ -99,15 +97,15 @@ def load_audio(inputs, sampling_rate):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"No audio file at {path!r}")
         audio, rate = _decode(path, f"file {path!r}")
-        return _resample(_to_mono_float32(audio, f"file {path!r}"), rate, sampling_rate)
+        return _resample(to_mono_float32(audio, f"file {path!r}"), rate, sampling_rate)
     if isinstance(inputs, (bytes, bytearray)):
         name = f"bytes input ({len(inputs)} bytes)"
         audio, rate = _decode(io.BytesIO(inputs), name)
-        return _resample(_to_mono_float32(audio, name), rate, sampling_rate)
+        return _resample(to_mono_float32(audio, name), rate, sampling_rate)
     if isinstance(inputs, dict):
         return _load_dict(inputs, sampling_rate)
     if isinstance(inputs, (np.ndarray, torch.Tensor)):
-        return _to_mono_float32(inputs, "array input")
+        return to_mono_float32(inputs, "array input")
     raise TypeError(
         f"Cannot transcribe a {type(inputs).__name__}: pass a file path, the bytes of an audio file, a 1-D/2-D numpy "
         f'array or torch tensor at {sampling_rate} Hz, or {{"raw": array, "sampling_rate": rate}}. '
@@ -125,7 +123,7 @@ def _load_dict(inputs, sampling_rate):
     if inputs.get("stride") is not None:
         raise ValueError('"stride" in a dict input is for CTC models; use `chunk_length_s` / `stride_length_s`.')
     rate = inputs["sampling_rate"]
-    return _resample(_to_mono_float32(audio, "dict input"), rate, sampling_rate)
+    return _resample(to_mono_float32(audio, "dict input"), rate, sampling_rate)
 
 
 def _decode(source, name):
@@ -138,33 +136,6 @@ def _decode(source, name):
     except Exception as err:  # soundfile raises LibsndfileError / RuntimeError / TypeError depending on the damage
         raise ValueError(f"Could not decode {name} as audio ({err}). Accepted formats: {ACCEPTED_FORMATS}.") from err
     return audio, rate
-
-
-def _to_mono_float32(audio, name):
-    """Float or signed-int PCM, mono or multi-channel -> float32 (samples,)."""
-    if isinstance(audio, torch.Tensor):
-        audio = audio.detach().cpu()
-        audio = (audio.float() if audio.dtype in (torch.float16, torch.bfloat16) else audio).numpy()
-    audio = np.asarray(audio)
-    if np.issubdtype(audio.dtype, np.signedinteger):
-        audio = audio.astype(np.float32) / np.float32(np.iinfo(audio.dtype).max + 1)
-    elif np.issubdtype(audio.dtype, np.floating):
-        audio = audio.astype(np.float32, copy=False)
-    else:
-        raise TypeError(f"{name}: audio must be float or signed-integer PCM, got dtype {audio.dtype}")
-    if audio.ndim == 2:
-        channel_axis = int(np.argmin(audio.shape))
-        if audio.shape[channel_axis] > MAX_CHANNELS or audio.shape[0] == audio.shape[1]:
-            raise ValueError(
-                f"{name}: a 2-D array is read as (channels, samples) or (samples, channels) with at most "
-                f"{MAX_CHANNELS} channels; got shape {audio.shape}. Pass a list for several recordings."
-            )
-        audio = audio.mean(axis=channel_axis, dtype=np.float32)
-    if audio.ndim != 1:
-        raise ValueError(f"{name}: expected mono (samples,) or 2-D multi-channel audio, got shape {audio.shape}")
-    if audio.size == 0:
-        raise ValueError(f"{name}: the audio is empty")
-    return audio
 
 
 def _resample(audio, rate, target_rate):

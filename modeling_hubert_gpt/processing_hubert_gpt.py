@@ -13,7 +13,11 @@ from transformers import BatchFeature, ProcessorMixin
 MAX_CHANNELS = 8
 
 # Integer PCM -> float in [-1, 1): divide by full scale (uint8 PCM is offset by 128).
-_PCM_SCALE = {np.dtype(np.int16): (0.0, 32768.0), np.dtype(np.int32): (0.0, 2.0**31), np.dtype(np.uint8): (128.0, 128.0)}
+_PCM_SCALE = {
+    np.dtype(np.int16): (0.0, 32768.0),
+    np.dtype(np.int32): (0.0, 2.0**31),
+    np.dtype(np.uint8): (128.0, 128.0),
+}
 
 
 class HubertGptProcessor(ProcessorMixin):
@@ -61,9 +65,17 @@ class HubertGptProcessor(ProcessorMixin):
         if text is not None:
             texts = self._prepare_text(text)
             if audio is not None and len(texts) != len(waves):
-                raise ValueError(f"Got {len(waves)} audio utterances but {len(texts)} transcripts; pass one per utterance.")
+                raise ValueError(
+                    f"Got {len(waves)} audio utterances but {len(texts)} transcripts; pass one per utterance (a batch "
+                    f"of audio is a list: a single 2-D array is read as one multi-channel recording)."
+                )
             outputs["labels"] = self._make_labels(texts)
         return BatchFeature(outputs, tensor_type=return_tensors)
+
+    @property
+    def pad_token_id(self):
+        """The tokenizer's pad id (Seq2SeqTrainer pads generated tokens with it)."""
+        return self.tokenizer.pad_token_id
 
     @property
     def model_input_names(self):
@@ -86,7 +98,7 @@ class HubertGptProcessor(ProcessorMixin):
                 f"scipy.signal.resample_poly)."
             )
         utterances = _split_batch(audio)
-        return [_to_mono_float32(x, i) for i, x in enumerate(utterances)]
+        return [to_mono_float32(x, f"audio[{i}]") for i, x in enumerate(utterances)]
 
     # ---- text ----
 
@@ -124,47 +136,53 @@ def _split_batch(audio):
             return [audio]  # a plain list of samples is one utterance
         return list(audio)
     raise TypeError(
-        f"`audio` must be a numpy array, a torch tensor, a list of samples, or a list of those; got {type(audio).__name__}."
+        f"`audio` must be a numpy array, a torch tensor, a list of samples, or a list of those; "
+        f"got {type(audio).__name__}."
     )
 
 
-def _to_mono_float32(x, index):
-    """One utterance -> 1-D float32 array, with clear errors naming `audio[index]`."""
+def to_mono_float32(x, name):
+    """One utterance (float or int PCM, mono or multi-channel) -> 1-D float32 array; errors name it `name`."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu()
         x = (x.float() if x.is_floating_point() else x).numpy()
     elif isinstance(x, (list, tuple)):
         x = np.asarray(x)
     if not isinstance(x, np.ndarray):
-        raise TypeError(f"audio[{index}] is a {type(x).__name__}; expected a numpy array, torch tensor or list of samples.")
+        raise TypeError(
+            f"{name} is a {type(x).__name__}; expected a numpy array, torch tensor or list of samples."
+        )
 
     if x.dtype in _PCM_SCALE:
         offset, scale = _PCM_SCALE[x.dtype]
         x = (x.astype(np.float64) - offset) / scale
     elif not np.issubdtype(x.dtype, np.floating):
         raise TypeError(
-            f"audio[{index}] has dtype {x.dtype}; expected float samples in [-1, 1] or int16 / int32 / uint8 PCM."
+            f"{name} has dtype {x.dtype}; expected float samples in [-1, 1] or int16 / int32 / uint8 PCM."
         )
 
     if x.size == 0:
-        raise ValueError(f"audio[{index}] is empty (0 samples, shape {x.shape}); every utterance needs samples.")
+        raise ValueError(f"{name} is empty (0 samples, shape {x.shape}); every utterance needs samples.")
     if x.ndim == 2:
         channel_axis = int(np.argmin(x.shape))
         if x.shape[channel_axis] > MAX_CHANNELS:
             raise ValueError(
-                f"audio[{index}] has shape {x.shape}: a 2-D array is read as one multi-channel recording, "
+                f"{name} has shape {x.shape}: a 2-D array is read as one multi-channel recording, "
                 f"(channels, samples) or (samples, channels) with at most {MAX_CHANNELS} channels. To pass a batch, "
                 f"pass a list of 1-D arrays."
             )
         x = x.mean(axis=channel_axis)
     elif x.ndim != 1:
         raise ValueError(
-            f"audio[{index}] has shape {x.shape}; expected 1-D (samples,) or 2-D (channels, samples) / (samples, channels)."
+            f"{name} has shape {x.shape}; expected 1-D (samples,) or 2-D (channels, samples) / "
+            f"(samples, channels)."
         )
 
     bad = int(np.count_nonzero(~np.isfinite(x)))
     if bad:
-        raise ValueError(f"audio[{index}] contains {bad} NaN or Inf samples (of {x.size}); clean or drop this utterance.")
+        raise ValueError(
+            f"{name} contains {bad} NaN or Inf samples (of {x.size}); clean or drop this utterance."
+        )
     return x.astype(np.float32)
 
 

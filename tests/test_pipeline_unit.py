@@ -357,10 +357,11 @@ def test_pipeline_factory_picks_our_class_from_a_saved_folder(tmp_path, model, t
     AutoModelForSpeechSeq2Seq.register(FakeAsrConfig, FakeAsrModel, exist_ok=True)
     if save_with == "register_pipeline_in_config":
         # The real model's save_pretrained does this; its relative import of pipeline_hubert_gpt makes
-        # custom_object_save copy the file, which the fake model (not remote code) has to do by hand.
+        # custom_object_save copy the file (and what it imports), which the fake model has to do by hand.
         register_pipeline_in_config(model.config)
         model.save_pretrained(tmp_path)
         shutil.copy(pipeline_module.__file__, tmp_path)
+        shutil.copy(Path(pipeline_module.__file__).with_name("processing_hubert_gpt.py"), tmp_path)
         tokenizer.save_pretrained(tmp_path)
         feature_extractor.save_pretrained(tmp_path)
     else:

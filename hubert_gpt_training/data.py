@@ -1,0 +1,110 @@
+"""Speech datasets for training: any `datasets` source -> rows of (audio float32 @ rate, text), and the collator.
+
+Sources: a Hub/builder name (`reazon-research/reazonspeech`, `audiofolder`, ...; `streaming=True` for large
+corpora), a `save_to_disk` folder, or a JSONL/CSV manifest of (path, text). Audio is decoded with soundfile
+(`datasets`' own decoder needs torchcodec + FFmpeg) and resampled to the encoder's rate.
+"""
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+
+from modeling_hubert_gpt.pipeline_hubert_gpt import load_audio
+
+logger = logging.getLogger(__name__)
+
+
+def load_source(name=None, config=None, split="train", data_dir=None, disk_path=None, manifest=None, streaming=False):
+    """One split of one source, as a `datasets.Dataset` (or `IterableDataset` when streaming)."""
+    given = [x for x in (name, disk_path, manifest) if x]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one data source: --dataset_name, --dataset_dir or --manifest (got {given})")
+    if disk_path:
+        loaded = datasets.load_from_disk(disk_path)
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise ValueError(f"{disk_path} has splits {list(loaded)}; no split {split!r}")
+            loaded = loaded[split]
+        return loaded.to_iterable_dataset() if streaming else loaded
+    if manifest:
+        kind = {".jsonl": "json", ".json": "json", ".csv": "csv"}.get(os.path.splitext(manifest)[1])
+        if kind is None:
+            raise ValueError(f"manifest {manifest!r} must be .jsonl/.json or .csv with a path and a text column")
+        loaded = datasets.load_dataset(kind, data_files=manifest, split="train", streaming=streaming)
+        root = os.path.dirname(os.path.abspath(manifest))  # relative paths are relative to the manifest
+        return loaded.map(lambda row: {"__root__": root})
+    return datasets.load_dataset(name, config, split=split, data_dir=data_dir, streaming=streaming)
+
+
+def prepare(dataset, audio_column="audio", text_column="transcription", sampling_rate=16000, max_seconds=16.0):
+    """Decode + resample audio, check text, drop over-long / empty rows. Columns out: audio, text, input_length."""
+    columns = dataset.column_names
+    if columns is not None:
+        missing = [c for c in (audio_column, text_column) if c not in columns]
+        if missing:
+            raise ValueError(f"dataset has no column(s) {missing}; its columns are {columns} (see --audio_column/--text_column)")
+    if isinstance(dataset.features, dict) and isinstance(dataset.features.get(audio_column), datasets.Audio):
+        dataset = dataset.cast_column(audio_column, datasets.Audio(decode=False))
+
+    def decode(row, index):
+        return {"audio": read_row_audio(row[audio_column], row.get("__root__"), index, sampling_rate),
+                "text": check_text(row[text_column], index, text_column)}
+
+    def decode_and_measure(row, index):
+        out = decode(row, index)
+        out["input_length"] = len(out["audio"])
+        return out
+
+    drop = [c for c in (columns or []) if c not in ("audio", "text")] + (["__root__"] if "__root__" in (columns or []) else [])
+    drop = sorted(set(drop) | ({audio_column, text_column} - {"audio", "text"}))
+    dataset = dataset.map(decode_and_measure, with_indices=True, remove_columns=drop or None)
+    max_samples = int(max_seconds * sampling_rate)
+
+    def keep(row):
+        return 0 < row["input_length"] <= max_samples and row["text"].strip() != ""
+
+    before = len(dataset) if isinstance(dataset, datasets.Dataset) else None
+    dataset = dataset.filter(keep)
+    if before is not None:
+        logger.info(f"dropped {before - len(dataset)} of {before} utterances (empty transcript or over {max_seconds} s)")
+    return dataset
+
+
+def read_row_audio(value, root, index, sampling_rate):
+    """A row's audio (path, {"path","bytes"}, or {"array","sampling_rate"}) -> float32 at sampling_rate."""
+    try:
+        if isinstance(value, dict) and value.get("bytes") is not None:
+            return load_audio(value["bytes"], sampling_rate)
+        if isinstance(value, dict) and value.get("array") is not None:
+            return load_audio(value, sampling_rate)
+        path = value.get("path") if isinstance(value, dict) else value
+        if not isinstance(path, str):
+            raise TypeError(f"expected a file path, file bytes or an audio array, got {type(value).__name__}")
+        return load_audio(os.path.join(root, path) if root else path, sampling_rate)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        raise ValueError(f"row {index}: unreadable audio: {err}") from err
+
+
+def check_text(value, index, column):
+    if not isinstance(value, str):
+        raise ValueError(f"row {index}: column {column!r} must hold a string transcript, got {type(value).__name__}")
+    return value
+
+
+@dataclass
+class SpeechCollator:
+    """Rows of (audio, text) -> input_values (B, S), attention_mask (B, S), labels (B, N) via the processor."""
+
+    processor: Any
+    sampling_rate: int = 16000
+
+    def __call__(self, rows):
+        return self.processor(
+            audio=[row["audio"] for row in rows],
+            text=[row["text"] for row in rows],
+            sampling_rate=self.sampling_rate,
+            return_tensors="pt",
+        )

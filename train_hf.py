@@ -1,0 +1,329 @@
+"""Fine-tune hubert-gpt with Hugging Face Trainer (DeepSpeed, PEFT LoRA), evaluate CER, write a Hub-ready folder.
+
+  python train_hf.py --preset smoke --output_dir runs/smoke                      # tiny model, tone data, CPU, <2 min
+  python train_hf.py --audio_model rinna/japanese-hubert-base --text_model rinna/japanese-gpt-neox-3.6b \
+      --dataset_name reazon-research/reazonspeech --dataset_config all --streaming --max_steps 100000 \
+      --deepspeed configs/zero2.json --bf16 --output_dir runs/reazon             # the paper's recipe
+  python train_hf.py config.json                                                 # every option from one JSON/YAML
+
+Any Seq2SeqTrainingArguments flag works. `--deepspeed` without a launcher runs as one process.
+"""
+
+import json
+import logging
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import transformers
+from transformers import (
+    AutoProcessor,
+    HfArgumentParser,
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+    TrainerCallback,
+    Wav2Vec2FeatureExtractor,
+)
+
+logger = logging.getLogger("train_hf")
+
+
+# 1. Arguments ---------------------------------------------------------------------------------------------------------
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(default=None, metadata={"help": "an existing hubert-gpt checkpoint"})
+    audio_model: str | None = field(default=None, metadata={"help": "pretrained encoder (with --text_model)"})
+    text_model: str | None = field(default=None, metadata={"help": "pretrained causal LM (with --audio_model)"})
+    model_size: str = field(default="tiny", metadata={"help": "random-init size when no pretrained model is given",
+                                                      "choices": ["tiny", "small"]})
+    bridge: str = field(default="conv", metadata={"help": "conv or ctc (new models only)", "choices": ["conv", "ctc"]})
+    ctc_loss_weight: float | None = field(default=None, metadata={"help": "aux CTC loss weight (ctc bridge)"})
+    vocab_size: int = field(default=200, metadata={"help": "sentencepiece size for a random-init model's tokenizer"})
+    freeze_encoder: bool = field(default=False, metadata={"help": "keep the speech encoder fixed"})
+    freeze_bridge: bool = field(default=False, metadata={"help": "keep the bridge fixed"})
+    freeze_llm: bool = field(default=False, metadata={"help": "keep the LLM fixed"})
+    lora: bool = field(default=False, metadata={"help": "LoRA on the LLM (base LLM frozen); see lora_*"})
+    lora_encoder: bool = field(default=False, metadata={"help": "LoRA on the encoder's attention too"})
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(default=None, metadata={"help": "Hub id or builder (e.g. audiofolder)"})
+    dataset_config: str | None = None
+    dataset_dir: str | None = field(default=None, metadata={"help": "a datasets.save_to_disk folder"})
+    data_dir: str | None = field(default=None, metadata={"help": "data_dir for the builder (audiofolder)"})
+    manifest: str | None = field(default=None, metadata={"help": "JSONL/CSV of audio path + text"})
+    train_split: str = "train"
+    eval_split: str | None = field(default=None, metadata={"help": "default: hold out --eval_size rows of train"})
+    eval_size: int = 64
+    audio_column: str = "audio"
+    text_column: str = "transcription"
+    streaming: bool = field(default=False, metadata={"help": "stream the training split (needs --max_steps)"})
+    max_seconds: float = field(default=16.0, metadata={"help": "drop longer utterances (paper: 16 s)"})
+    max_eval_samples: int | None = None
+
+
+@dataclass
+class RunArguments:
+    preset: str | None = field(default=None, metadata={"help": "smoke: tiny model on tone data", "choices": ["smoke"]})
+    export_dir: str | None = field(default=None, metadata={"help": "also write the Hub-ready folder here"})
+    results_file: str = field(default="results.json", metadata={"help": "evaluation results, inside output_dir"})
+
+
+SMOKE = dict(max_steps=60, per_device_train_batch_size=8, per_device_eval_batch_size=16, learning_rate=3e-3,
+             warmup_steps=5, logging_steps=10, eval_strategy="no", save_strategy="no", report_to="none")
+
+
+def parse():
+    parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, Seq2SeqTrainingArguments))
+    if len(sys.argv) == 2 and sys.argv[1].endswith((".json", ".yaml", ".yml")):
+        loader = parser.parse_json_file if sys.argv[1].endswith(".json") else parser.parse_yaml_file
+        return loader(os.path.abspath(sys.argv[1]))
+    argv = sys.argv[1:]
+    if "--preset" in argv and argv[argv.index("--preset") + 1] == "smoke":
+        given = {a.lstrip("-").split("=")[0] for a in argv if a.startswith("--")}
+        argv += [x for k, v in SMOKE.items() if k not in given for x in (f"--{k}", str(v))]
+    return parser.parse_args_into_dataclasses(argv)
+
+
+# 2. One process without a launcher: rendezvous defaults for torch.distributed / DeepSpeed ---------------------------------
+def default_rendezvous():
+    """`--deepspeed` needs torch.distributed; a plain `python train_hf.py` gets a one-process world."""
+    if "--deepspeed" not in " ".join(sys.argv) or "RANK" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+# 3. Model and processor ------------------------------------------------------------------------------------------------
+def build_model(margs, train_texts, work_dir):
+    from modeling_hubert_gpt import HubertGptConfig, HubertGptForConditionalGeneration, HubertGptProcessor
+
+    extra = {} if margs.ctc_loss_weight is None else {"ctc_loss_weight": margs.ctc_loss_weight}
+    if margs.model_name_or_path:
+        processor = AutoProcessor.from_pretrained(margs.model_name_or_path, trust_remote_code=True)
+        model = HubertGptForConditionalGeneration.from_pretrained(margs.model_name_or_path, **extra)
+        return model, processor
+    if margs.audio_model or margs.text_model:
+        if not (margs.audio_model and margs.text_model):
+            raise ValueError("--audio_model and --text_model go together (or use --model_name_or_path)")
+        from transformers import AutoFeatureExtractor, AutoTokenizer
+
+        processor = HubertGptProcessor(AutoFeatureExtractor.from_pretrained(margs.audio_model),
+                                       AutoTokenizer.from_pretrained(margs.text_model))
+        model = HubertGptForConditionalGeneration.from_pretrained_components(
+            margs.audio_model, margs.text_model, bridge_type=margs.bridge, **extra,
+            prompt_sep_token_id=processor.tokenizer.sep_token_id)
+        return model, processor
+    from hubert_gpt_training.tiny import tiny_config
+    from hubert_gpt_training.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(train_texts, os.path.join(work_dir, "tokenizer"), vocab_size=margs.vocab_size)
+    width, layers = (64, 2) if margs.model_size == "tiny" else (192, 4)
+    config = tiny_config(margs.bridge, tokenizer=tokenizer, width=width, layers=layers, **extra)
+    feature_extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
+                                                 do_normalize=False, return_attention_mask=True)
+    return HubertGptForConditionalGeneration(config), HubertGptProcessor(feature_extractor, tokenizer)
+
+
+# 4. Data -------------------------------------------------------------------------------------------------------------
+def load_data(dargs, rargs, sampling_rate, seed):
+    import datasets
+
+    from hubert_gpt_training.data import load_source, prepare
+
+    def source(split, streaming):
+        return load_source(dargs.dataset_name, dargs.dataset_config, split, dargs.data_dir, dargs.dataset_dir,
+                           dargs.manifest, streaming)
+
+    if rargs.preset == "smoke":
+        from hubert_gpt_training.synthetic import tone_rows
+
+        train = datasets.Dataset.from_list(tone_rows(192, seed=seed))
+        evaluation = datasets.Dataset.from_list(tone_rows(32, seed=seed + 1))
+    else:
+        train = source(dargs.train_split, dargs.streaming)
+        evaluation = source(dargs.eval_split, False) if dargs.eval_split else None
+    prep = dict(audio_column=dargs.audio_column, text_column=dargs.text_column, sampling_rate=sampling_rate,
+                max_seconds=dargs.max_seconds)
+    if evaluation is None:
+        if dargs.streaming:
+            evaluation, train = train.take(dargs.eval_size), train.skip(dargs.eval_size)
+        else:
+            held = train.train_test_split(test_size=dargs.eval_size, seed=seed)
+            train, evaluation = held["train"], held["test"]
+    train, evaluation = prepare(train, **prep), prepare(evaluation, **prep)
+    if dargs.max_eval_samples and len(evaluation) > dargs.max_eval_samples:
+        evaluation = evaluation.select(range(dargs.max_eval_samples))
+    return train, evaluation
+
+
+# 5. What trains --------------------------------------------------------------------------------------------------------
+def choose_trainable(model, margs):
+    parts = {"encoder": model.audio_tower, "bridge": model.bridge, "llm": model.language_model}
+    for name, frozen in (("encoder", margs.freeze_encoder), ("bridge", margs.freeze_bridge),
+                         ("llm", margs.freeze_llm or margs.lora)):
+        parts[name].requires_grad_(not frozen)
+    if not (margs.lora or margs.lora_encoder):
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    scopes = ["language_model."] if margs.lora else []
+    scopes += ["audio_tower.encoder."] if margs.lora_encoder else []
+    targets = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)
+               and name.startswith(tuple(scopes)) and module is not model.get_output_embeddings()]
+    config = LoraConfig(r=margs.lora_r, lora_alpha=margs.lora_alpha, lora_dropout=margs.lora_dropout,
+                        target_modules=targets,
+                        modules_to_save=[n for n in ("bridge",) if not margs.freeze_bridge])
+    return get_peft_model(model, config)
+
+
+def trainable_report(model):
+    rows = {}
+    for name, param in model.named_parameters():
+        part = next((p for p in ("audio_tower", "bridge", "language_model") if f"{p}." in f".{name}"), "other")
+        total, trainable = rows.get(part, (0, 0))
+        rows[part] = (total + param.numel(), trainable + (param.numel() if param.requires_grad else 0))
+    return {part: {"parameters": t, "trainable": tr} for part, (t, tr) in rows.items()}
+
+
+# 6. Metrics on generated transcripts --------------------------------------------------------------------------------
+def make_compute_metrics(processor):
+    from hubert_gpt_training.metrics import error_rates
+
+    def compute(prediction):
+        pad = processor.tokenizer.pad_token_id
+        predictions = torch.as_tensor(prediction.predictions)
+        labels = torch.as_tensor(prediction.label_ids)
+        hypotheses = processor.batch_decode(predictions.masked_fill(predictions < 0, pad), skip_special_tokens=True)
+        references = processor.batch_decode(labels.masked_fill(labels < 0, pad), skip_special_tokens=True)
+        return error_rates(references, hypotheses)
+
+    return compute
+
+
+class LossHistory(TrainerCallback):
+    def __init__(self):
+        self.rows = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.rows.append({"step": state.global_step, **(logs or {})})
+
+
+# 7. The Hub-ready folder --------------------------------------------------------------------------------------------
+def write_hub_folder(trainer, model, processor, results, training_summary, out_dir, dataset_label):
+    """Model (LoRA merged), processor, remote code, pipeline, results and card: built in a temp dir, then moved in,
+    so a failed run never leaves a folder that looks complete."""
+    from hub_card.render import render_card
+
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".hub-", dir=out_dir)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    trainer.model = model
+    trainer.save_model(tmp)  # gathers ZeRO-3 partitions; writes safetensors, remote code and the processor
+    if trainer.args.should_save:
+        with open(os.path.join(tmp, "results.json"), "w") as f:
+            json.dump(results, f, indent=2, ensure_ascii=False)
+        render_card(results, tmp, model_name=os.path.basename(os.path.abspath(out_dir)),
+                    base_models=training_summary.get("base_models"), dataset_name=dataset_label,
+                    dataset_id=training_summary.get("dataset_id"), training_summary=training_summary)
+        for name in os.listdir(tmp):
+            os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def push(folder, repo_id, token=None):
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=folder, ignore_patterns=["checkpoint-*/**", "runs/**", "tokenizer/**"])
+    except Exception as err:  # network, auth or server: the folder is complete on disk either way
+        raise SystemExit(f"Upload of {folder} to {repo_id} failed ({type(err).__name__}: {err}). "
+                         f"Everything is saved locally in {folder}; push it later with `huggingface-cli upload`.")
+
+
+# 8. Main -------------------------------------------------------------------------------------------------------------
+def main():
+    default_rendezvous()
+    margs, dargs, rargs, targs = parse()
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO if targs.should_log else logging.WARN)
+    transformers.set_seed(targs.seed)
+    targs.remove_unused_columns = False  # the collator needs the raw audio/text columns
+    targs.predict_with_generate = True
+    push_to_hub, targs.push_to_hub = targs.push_to_hub, False  # we upload the finished folder ourselves (section 7)
+    started = time.time()
+
+    work_dir = os.path.join(targs.output_dir, "work")
+    train, evaluation = load_data(dargs, rargs, 16000, targs.seed)
+    texts = train["text"] if hasattr(train, "__len__") else [row["text"] for row in train.take(10000)]
+    with targs.main_process_first(desc="build model"):
+        model, processor = build_model(margs, texts, work_dir)
+    rate = processor.feature_extractor.sampling_rate
+    model = choose_trainable(model, margs)
+    parameters = trainable_report(model)
+    for part, row in parameters.items():
+        logger.info(f"{part}: {row['trainable']:,} trainable of {row['parameters']:,} parameters")
+    if targs.gradient_checkpointing:
+        targs.gradient_checkpointing_kwargs = {"use_reentrant": False}
+    if not dargs.streaming and targs.train_sampling_strategy == "random":
+        targs.train_sampling_strategy = "group_by_length"  # fewer padded samples per batch
+        targs.length_column_name = "input_length"
+
+    from hubert_gpt_training.data import SpeechCollator
+
+    history = LossHistory()
+    trainer = Seq2SeqTrainer(model=model, args=targs, train_dataset=train, eval_dataset=evaluation,
+                             data_collator=SpeechCollator(processor, rate), processing_class=processor,
+                             compute_metrics=make_compute_metrics(processor), callbacks=[history])
+    train_result = trainer.train(resume_from_checkpoint=targs.resume_from_checkpoint)
+    metrics = trainer.evaluate(metric_key_prefix="test")
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    dataset_label = "tone-smoke" if rargs.preset == "smoke" else (dargs.dataset_name or dargs.dataset_dir or dargs.manifest)
+    results = {
+        "cer": metrics["test_cer"], "wer": metrics["test_wer"], "num_utterances": metrics["test_num_utterances"],
+        "eval_loss": metrics.get("test_loss"), "dataset_name": dataset_label,
+        "split": dargs.eval_split or f"held-out {len(evaluation)} of {dargs.train_split}",
+        "bridge_type": base.config.bridge_type, "global_step": trainer.state.global_step,
+        "train_loss": train_result.training_loss, "train_runtime_s": round(time.time() - started, 1),
+        "parameters": parameters, "log_history": history.rows,
+    }
+    summary = {"bridge_type": base.config.bridge_type, "steps": trainer.state.global_step,
+               "learning_rate": targs.learning_rate, "batch_size": targs.per_device_train_batch_size,
+               "deepspeed": targs.deepspeed, "lora": margs.lora, "frozen": [n for n in ("encoder", "bridge", "llm")
+                                                                             if getattr(margs, f"freeze_{n}")],
+               "base_models": [m for m in (margs.audio_model, margs.text_model, margs.model_name_or_path) if m],
+               "dataset_id": dargs.dataset_name, "train_utterances": len(train) if hasattr(train, "__len__") else None}
+    results["training_summary"] = summary
+    write_hub_folder(trainer, model, processor, results, summary, targs.output_dir, dataset_label)
+    if rargs.export_dir:
+        write_hub_folder(trainer, model, processor, results, summary, rargs.export_dir, dataset_label)
+    if targs.should_save:
+        with open(os.path.join(targs.output_dir, rargs.results_file), "w") as f:
+            json.dump(results, f, indent=2, ensure_ascii=False)
+        print(f"CER {results['cer']:.4f}  WER {results['wer']:.4f} on {results['num_utterances']} utterances; "
+              f"Hub-ready folder: {os.path.abspath(targs.output_dir)}")
+    if push_to_hub and targs.should_save:
+        push(rargs.export_dir or targs.output_dir, targs.hub_model_id, targs.hub_token)
+    return results
+
+
+if __name__ == "__main__":
+    main()
+    sys.stdout.flush()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        os._exit(0)  # gloo teardown after ZeRO-3 can abort a finished multi-rank run (FACTS.md)
