@@ -9,6 +9,7 @@
 Any Seq2SeqTrainingArguments flag works. `--deepspeed` without a launcher runs as one process.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -47,8 +48,9 @@ class ModelArguments:
     freeze_encoder: bool = field(default=False, metadata={"help": "keep the speech encoder fixed"})
     freeze_bridge: bool = field(default=False, metadata={"help": "keep the bridge fixed"})
     freeze_llm: bool = field(default=False, metadata={"help": "keep the LLM fixed"})
-    lora: bool = field(default=False, metadata={"help": "LoRA on the LLM (base LLM frozen); see lora_*"})
-    lora_encoder: bool = field(default=False, metadata={"help": "LoRA on the encoder's attention too"})
+    lora: bool = field(default=False, metadata={"help": "LoRA adapters on the LLM; the base encoder and LLM stay "
+                                                        "frozen, the bridge trains fully (unless frozen)"})
+    lora_encoder: bool = field(default=False, metadata={"help": "LoRA adapters on the encoder's layers too"})
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -75,19 +77,18 @@ class DataArguments:
 class RunArguments:
     preset: str | None = field(default=None, metadata={"help": "smoke: tiny model on tone data", "choices": ["smoke"]})
     export_dir: str | None = field(default=None, metadata={"help": "also write the Hub-ready folder here"})
-    results_file: str = field(default="results.json", metadata={"help": "evaluation results, inside output_dir"})
 
 
 SMOKE = dict(max_steps=60, per_device_train_batch_size=8, per_device_eval_batch_size=16, learning_rate=3e-3,
              warmup_steps=5, logging_steps=10, eval_strategy="no", save_strategy="no", report_to="none")
 
 
-def parse():
+def parse(argv):
     parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, Seq2SeqTrainingArguments))
-    if len(sys.argv) == 2 and sys.argv[1].endswith((".json", ".yaml", ".yml")):
-        loader = parser.parse_json_file if sys.argv[1].endswith(".json") else parser.parse_yaml_file
-        return loader(os.path.abspath(sys.argv[1]))
-    argv = sys.argv[1:]
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        loader = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
+        return loader(os.path.abspath(argv[0]))
+    argv = list(argv)
     if "--preset" in argv and argv[argv.index("--preset") + 1] == "smoke":
         given = {a.lstrip("-").split("=")[0] for a in argv if a.startswith("--")}
         argv += [x for k, v in SMOKE.items() if k not in given for x in (f"--{k}", str(v))]
@@ -95,9 +96,9 @@ def parse():
 
 
 # 2. One process without a launcher: rendezvous defaults for torch.distributed / DeepSpeed ---------------------------------
-def default_rendezvous():
+def default_rendezvous(argv):
     """`--deepspeed` needs torch.distributed; a plain `python train_hf.py` gets a one-process world."""
-    if "--deepspeed" not in " ".join(sys.argv) or "RANK" in os.environ:
+    if "--deepspeed" not in " ".join(argv) or "RANK" in os.environ:
         return
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -136,6 +137,26 @@ def build_model(margs, train_texts, work_dir):
     feature_extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
                                                  do_normalize=False, return_attention_mask=True)
     return HubertGptForConditionalGeneration(config), HubertGptProcessor(feature_extractor, tokenizer)
+
+
+@contextlib.contextmanager
+def whole_model_init(targs):
+    """Build the model unpartitioned even under ZeRO-3; DeepSpeed partitions it when the engine starts.
+
+    HuBERT's own _init_weights gathers its conv weights inside transformers' ZeRO-3 init, which DeepSpeed refuses
+    ("Nested GatheredParameters contexts cannot overlap"), so zero.Init is skipped while the model is built.
+    """
+    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+    config = getattr(targs, "hf_deepspeed_config", None)
+    if config is None:
+        yield
+        return
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        set_hf_deepspeed_config(config)
 
 
 # 4. Data -------------------------------------------------------------------------------------------------------------
@@ -223,25 +244,25 @@ class LossHistory(TrainerCallback):
 
 
 # 7. The Hub-ready folder --------------------------------------------------------------------------------------------
-def write_hub_folder(trainer, model, processor, results, training_summary, out_dir, dataset_label):
-    """Model (LoRA merged), processor, remote code, pipeline, results and card: built in a temp dir, then moved in,
-    so a failed run never leaves a folder that looks complete."""
+def write_hub_folder(trainer, model, processor, results, training_summary, destinations, dataset_label):
+    """Model (LoRA merged), processor, remote code, pipeline, results and card: built in a temp dir, then copied
+    into each destination, so a failed run never leaves a folder that looks complete."""
     from hub_card.render import render_card
 
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".hub-", dir=out_dir)
+    tmp = tempfile.mkdtemp(prefix=".hub-", dir=os.path.dirname(os.path.abspath(destinations[0])))
     if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    trainer.model = model
+        trainer.save_model(os.path.join(tmp, "adapter"))  # the LoRA weights alone, for users of the base model
+        trainer.model = model.merge_and_unload()
     trainer.save_model(tmp)  # gathers ZeRO-3 partitions; writes safetensors, remote code and the processor
     if trainer.args.should_save:
+        os.remove(os.path.join(tmp, "training_args.bin"))  # a pickle: not for the Hub
         with open(os.path.join(tmp, "results.json"), "w") as f:
             json.dump(results, f, indent=2, ensure_ascii=False)
-        render_card(results, tmp, model_name=os.path.basename(os.path.abspath(out_dir)),
+        render_card(results, tmp, model_name=training_summary["model_name"],
                     base_models=training_summary.get("base_models"), dataset_name=dataset_label,
                     dataset_id=training_summary.get("dataset_id"), training_summary=training_summary)
-        for name in os.listdir(tmp):
-            os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
+        for destination in destinations:
+            shutil.copytree(tmp, destination, dirs_exist_ok=True)
     shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -251,16 +272,17 @@ def push(folder, repo_id, token=None):
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=folder, ignore_patterns=["checkpoint-*/**", "runs/**", "tokenizer/**"])
+        api.upload_folder(repo_id=repo_id, folder_path=folder, ignore_patterns=["checkpoint-*/**", "runs/**", "work/**"])
     except Exception as err:  # network, auth or server: the folder is complete on disk either way
         raise SystemExit(f"Upload of {folder} to {repo_id} failed ({type(err).__name__}: {err}). "
                          f"Everything is saved locally in {folder}; push it later with `huggingface-cli upload`.")
 
 
 # 8. Main -------------------------------------------------------------------------------------------------------------
-def main():
-    default_rendezvous()
-    margs, dargs, rargs, targs = parse()
+def run(argv):
+    """Train, evaluate and write the folder; returns (results, trainer) for callers that inspect the run."""
+    default_rendezvous(argv)
+    margs, dargs, rargs, targs = parse(argv)
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO if targs.should_log else logging.WARN)
     transformers.set_seed(targs.seed)
     targs.remove_unused_columns = False  # the collator needs the raw audio/text columns
@@ -271,7 +293,7 @@ def main():
     work_dir = os.path.join(targs.output_dir, "work")
     train, evaluation = load_data(dargs, rargs, 16000, targs.seed)
     texts = train["text"] if hasattr(train, "__len__") else [row["text"] for row in train.take(10000)]
-    with targs.main_process_first(desc="build model"):
+    with targs.main_process_first(desc="build model"), whole_model_init(targs):
         model, processor = build_model(margs, texts, work_dir)
     rate = processor.feature_extractor.sampling_rate
     model = choose_trainable(model, margs)
@@ -297,33 +319,32 @@ def main():
     results = {
         "cer": metrics["test_cer"], "wer": metrics["test_wer"], "num_utterances": metrics["test_num_utterances"],
         "eval_loss": metrics.get("test_loss"), "dataset_name": dataset_label,
-        "split": dargs.eval_split or f"held-out {len(evaluation)} of {dargs.train_split}",
+        "split": "generated eval set" if rargs.preset else dargs.eval_split or f"held-out {len(evaluation)} of {dargs.train_split}",
         "bridge_type": base.config.bridge_type, "global_step": trainer.state.global_step,
         "train_loss": train_result.training_loss, "train_runtime_s": round(time.time() - started, 1),
         "parameters": parameters, "log_history": history.rows,
     }
-    summary = {"bridge_type": base.config.bridge_type, "steps": trainer.state.global_step,
+    summary = {"model_name": targs.hub_model_id or os.path.basename(os.path.abspath(targs.output_dir)),
+               "bridge_type": base.config.bridge_type, "steps": trainer.state.global_step,
                "learning_rate": targs.learning_rate, "batch_size": targs.per_device_train_batch_size,
                "deepspeed": targs.deepspeed, "lora": margs.lora, "frozen": [n for n in ("encoder", "bridge", "llm")
                                                                              if getattr(margs, f"freeze_{n}")],
                "base_models": [m for m in (margs.audio_model, margs.text_model, margs.model_name_or_path) if m],
                "dataset_id": dargs.dataset_name, "train_utterances": len(train) if hasattr(train, "__len__") else None}
     results["training_summary"] = summary
-    write_hub_folder(trainer, model, processor, results, summary, targs.output_dir, dataset_label)
-    if rargs.export_dir:
-        write_hub_folder(trainer, model, processor, results, summary, rargs.export_dir, dataset_label)
+    destinations = [targs.output_dir] + ([rargs.export_dir] if rargs.export_dir else [])
+    write_hub_folder(trainer, model, processor, results, summary, destinations, dataset_label)
     if targs.should_save:
-        with open(os.path.join(targs.output_dir, rargs.results_file), "w") as f:
-            json.dump(results, f, indent=2, ensure_ascii=False)
         print(f"CER {results['cer']:.4f}  WER {results['wer']:.4f} on {results['num_utterances']} utterances; "
-              f"Hub-ready folder: {os.path.abspath(targs.output_dir)}")
+              f"Hub-ready folder (model, processor, card, "
+              f"results.json): {os.path.abspath(targs.output_dir)}")
     if push_to_hub and targs.should_save:
         push(rargs.export_dir or targs.output_dir, targs.hub_model_id, targs.hub_token)
-    return results
+    return results, trainer
 
 
 if __name__ == "__main__":
-    main()
+    run(sys.argv[1:])
     sys.stdout.flush()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         os._exit(0)  # gloo teardown after ZeRO-3 can abort a finished multi-rank run (FACTS.md)

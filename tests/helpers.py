@@ -6,6 +6,10 @@ Importable as `helpers` from the tests (pytest puts tests/ on sys.path) or as `t
 import os
 import random
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 
 from hubert_gpt_training.tokenizer import train_tokenizer
@@ -53,3 +57,41 @@ def make_audio(seconds, seed, sr=16000):
     audio += 0.05 * rng.standard_normal(n)
     peak = np.abs(audio).max() if n else 0.0
     return (0.5 * audio / peak if peak > 0 else audio).astype(np.float32)
+
+
+# Runs in a fresh interpreter where our packages cannot be imported: only the folder's remote code.
+FRESH_PROCESS = r"""
+import json, sys
+import numpy as np, torch
+sys.modules["modeling_hubert_gpt"] = None  # the package must not be importable: only the folder's remote code
+sys.modules["hubert_gpt_training"] = None
+from transformers import AutoConfig, AutoModel, AutoModelForSpeechSeq2Seq, AutoProcessor, pipeline
+folder, audio_dir = sys.argv[1], sys.argv[2]
+audios = [np.load(f"{audio_dir}/audio{i}.npy") for i in range(3)]
+config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+model = AutoModelForSpeechSeq2Seq.from_pretrained(folder, trust_remote_code=True)
+plain = AutoModel.from_pretrained(folder, trust_remote_code=True)
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+inputs = processor(audio=audios, sampling_rate=16000, return_tensors="pt")
+tokens = model.generate(**inputs)
+asr = pipeline("automatic-speech-recognition", model=folder, trust_remote_code=True)
+print(json.dumps({
+    "config": type(config).__name__, "model": type(model).__name__, "plain": type(plain).__name__,
+    "processor": type(processor).__name__, "pipeline": type(asr).__name__,
+    "remote_module": type(model).__module__,
+    "tokens": tokens.tolist(),
+    "decoded": processor.batch_decode(tokens, skip_special_tokens=True),
+    "pipeline_text": [out["text"] for out in asr(audios, batch_size=2)],
+    "pipeline_single": asr(audios[0])["text"],
+}))
+"""
+
+
+def transcribe_in_fresh_process(folder, audio_dir):
+    """Load `folder` with every Auto class and pipeline() in a new process; transcribe audio_dir/audio{0,1,2}.npy."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=os.path.join(str(audio_dir), "hf_modules"))
+    run = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(folder), str(audio_dir)], cwd=audio_dir, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])

@@ -2,43 +2,16 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from helpers import make_audio
+from helpers import make_audio, transcribe_in_fresh_process
 from transformers import pipeline
 
 from hubert_gpt_training.tiny import tiny_config
 from modeling_hubert_gpt import HubertGptForConditionalGeneration
 
-FRESH_PROCESS = r"""
-import json, sys
-import numpy as np, torch
-sys.modules["modeling_hubert_gpt"] = None  # the package must not be importable: only the folder's remote code
-sys.modules["hubert_gpt_training"] = None
-from transformers import AutoConfig, AutoModel, AutoModelForSpeechSeq2Seq, AutoProcessor, pipeline
-folder = sys.argv[1]
-audios = [np.load(f"{folder}/../audio{i}.npy") for i in range(3)]
-config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
-model = AutoModelForSpeechSeq2Seq.from_pretrained(folder, trust_remote_code=True)
-plain = AutoModel.from_pretrained(folder, trust_remote_code=True)
-processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
-inputs = processor(audio=audios, sampling_rate=16000, return_tensors="pt")
-tokens = model.generate(**inputs)
-asr = pipeline("automatic-speech-recognition", model=folder, trust_remote_code=True)
-print(json.dumps({
-    "config": type(config).__name__, "model": type(model).__name__, "plain": type(plain).__name__,
-    "processor": type(processor).__name__, "pipeline": type(asr).__name__,
-    "remote_module": type(model).__module__,
-    "tokens": tokens.tolist(),
-    "decoded": processor.batch_decode(tokens, skip_special_tokens=True),
-    "pipeline_text": [out["text"] for out in asr(audios, batch_size=2)],
-    "pipeline_single": asr(audios[0])["text"],
-}))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +41,7 @@ def test_folder_holds_safetensors_and_remote_code(saved):
 
 def test_fresh_process_loads_everything_and_transcribes_the_same(saved):
     model, processor, audios, folder = saved
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(folder.parent / "modules"))
-    run = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(folder)], cwd=folder.parent, env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    got = json.loads(run.stdout.strip().splitlines()[-1])
+    got = transcribe_in_fresh_process(folder, folder.parent)
     assert got["config"] == "HubertGptConfig" and got["processor"] == "HubertGptProcessor"
     assert got["model"] == got["plain"] == "HubertGptForConditionalGeneration"
     assert got["pipeline"] == "HubertGptASRPipeline" and got["remote_module"].startswith("transformers_modules")

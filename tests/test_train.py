@@ -1,0 +1,166 @@
+"""train_hf.py end to end, each run in its own process: smoke preset, DeepSpeed ZeRO-2/3, two ranks, LoRA,
+frozen parts, resume, export, and its errors."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_audio, transcribe_in_fresh_process
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file
+
+from modeling_hubert_gpt import HubertGptForConditionalGeneration, HubertGptProcessor
+
+ROOT = Path(__file__).resolve().parents[1]
+DRIVER = str(ROOT / "tests" / "train_driver.py")
+
+
+def run(args, cwd, launcher=(), check=True):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([*launcher, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
+def driver(tmp_path, *args, launcher=None):
+    """train_driver.py's JSON line: results, logged losses, in-memory vs saved-folder tokens."""
+    launcher = launcher or (sys.executable,)
+    proc = run([DRIVER, "--preset", "smoke", "--output_dir", str(tmp_path / "out"), *args], tmp_path, launcher)
+    return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The README's main command, with an export folder too."""
+    tmp = tmp_path_factory.mktemp("smoke")
+    run([sys.executable, str(ROOT / "train_hf.py"), "--preset", "smoke", "--output_dir", str(tmp / "out"),
+         "--export_dir", str(tmp / "export")], tmp)
+    return tmp
+
+
+def test_smoke_preset_writes_a_complete_hub_folder(smoke):
+    export = smoke / "export"
+    results = json.loads((export / "results.json").read_text())
+    assert results == json.loads((smoke / "out" / "results.json").read_text())
+    losses = [row["loss"] for row in results["log_history"] if "loss" in row]
+    assert len(losses) == 6 and losses[-1] < losses[0]  # it learns something in 60 steps
+    card = ModelCard.load(export / "README.md")
+    metrics = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert metrics == {"cer": results["cer"], "wer": results["wer"]}
+    assert not (export / "training_args.bin").exists() and not (export / "work").exists()
+    assert (export / "model.safetensors").exists() and (export / "pipeline_hubert_gpt.py").exists()
+
+
+def test_exported_folder_transcribes_in_a_fresh_process(smoke, tmp_path):
+    audios = [make_audio(s, seed=i) for i, s in enumerate([1.0, 0.5, 0.7])]
+    for i, audio in enumerate(audios):
+        np.save(tmp_path / f"audio{i}.npy", audio)
+    got = transcribe_in_fresh_process(smoke / "export", tmp_path)
+    model = HubertGptForConditionalGeneration.from_pretrained(smoke / "export")
+    processor = HubertGptProcessor.from_pretrained(smoke / "export")
+    expected = model.generate(**processor(audio=audios, sampling_rate=16000))
+    assert got["tokens"] == expected.tolist()
+    assert got["pipeline_text"] == processor.batch_decode(expected, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_deepspeed_trains_and_saved_model_generates_the_same(tmp_path, stage):
+    got = driver(tmp_path, "--deepspeed", str(ROOT / "configs" / f"{stage}.json"), "--use_cpu", "--max_steps", "4",
+                 "--logging_steps", "1")
+    assert got["results"]["global_step"] == 4 and len(got["losses"]) == 4
+    assert got["saved"] == got["in_memory"]
+
+
+def test_two_processes_train_on_sharded_data(tmp_path):
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", str(29500 + os.getpid() % 1000))
+    got = driver(tmp_path, "--use_cpu", "--max_steps", "-1", "--num_train_epochs", "1", launcher=launcher)
+    # 192 utterances, batch 8 per rank: 12 steps when each rank reads its half (24 if both read everything).
+    assert got["world_size"] == 2 and got["results"]["global_step"] == 12
+    assert got["saved"] == got["in_memory"]
+
+
+def test_lora_adapter_merges_and_reproduces_outputs(smoke, tmp_path):
+    from peft import PeftModel
+
+    got = driver(tmp_path, "--model_name_or_path", str(smoke / "export"), "--lora", "--max_steps", "6",
+                 "--learning_rate", "0.05")
+    params = got["results"]["parameters"]
+    assert 0 < params["language_model"]["trainable"] < params["language_model"]["parameters"] / 2
+    assert params["audio_tower"]["trainable"] == 0 and params["bridge"]["trainable"] > 0  # adapters + bridge only
+    out = tmp_path / "out"
+    assert got["saved"] == got["in_memory"]
+    base = HubertGptForConditionalGeneration.from_pretrained(smoke / "export")
+    merged = PeftModel.from_pretrained(base, out / "adapter").merge_and_unload().eval()
+    saved = HubertGptForConditionalGeneration.from_pretrained(out).eval()
+    for name, tensor in saved.state_dict().items():
+        torch.testing.assert_close(merged.state_dict()[name], tensor, msg=name)
+    before = load_file(smoke / "export" / "model.safetensors")
+    after = load_file(out / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("language_model."))
+
+
+def test_frozen_parts_stay_bit_identical(smoke, tmp_path):
+    driver(tmp_path, "--model_name_or_path", str(smoke / "export"), "--freeze_encoder", "--freeze_llm",
+           "--max_steps", "4")
+    before = load_file(smoke / "export" / "model.safetensors")
+    after = load_file(tmp_path / "out" / "model.safetensors")
+    assert before.keys() == after.keys()
+    for name in before:
+        same = torch.equal(before[name], after[name])
+        assert same == (not name.startswith("bridge.")), name
+
+
+def test_resume_continues_from_the_checkpoint_and_ends_at_the_same_step(tmp_path):
+    args = ["--max_steps", "8", "--save_strategy", "steps", "--save_steps", "4", "--logging_steps", "1"]
+    full = tmp_path / "full"
+    full.mkdir()
+    whole = driver(full, *args)
+    killed = tmp_path / "killed"
+    (killed / "out").mkdir(parents=True)
+    shutil.copytree(full / "out" / "checkpoint-4", killed / "out" / "checkpoint-4")  # as if killed after step 4
+    resumed = driver(killed, *args, "--resume_from_checkpoint", str(killed / "out" / "checkpoint-4"))
+    assert resumed["results"]["global_step"] == whole["results"]["global_step"] == 8
+    # Only steps 5-8 ran again: the resumed run logged 4 losses, the full run 8.
+    assert len(whole["losses"]) == 8 and len(resumed["losses"]) == 4
+    assert resumed["saved"] == resumed["in_memory"]
+
+
+def test_push_without_network_fails_clearly_after_saving(tmp_path):
+    env_endpoint = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_fake"}
+    os.environ.update(env_endpoint)
+    try:
+        proc = run([sys.executable, str(ROOT / "train_hf.py"), "--preset", "smoke", "--max_steps", "2",
+                    "--output_dir", str(tmp_path / "out"), "--push_to_hub", "--hub_model_id", "me/hubert-gpt-smoke"],
+                   tmp_path, check=False)
+    finally:
+        for key in env_endpoint:
+            os.environ.pop(key)
+    assert proc.returncode != 0
+    assert "Upload of" in proc.stderr and "Everything is saved locally" in proc.stderr
+    assert (tmp_path / "out" / "model.safetensors").exists() and (tmp_path / "out" / "README.md").exists()
+
+
+def test_deepspeed_config_that_contradicts_the_flags_is_refused(tmp_path):
+    config = json.loads((ROOT / "configs" / "zero2.json").read_text())
+    config["train_micro_batch_size_per_gpu"] = 3
+    (tmp_path / "ds.json").write_text(json.dumps(config))
+    proc = run([sys.executable, str(ROOT / "train_hf.py"), "--preset", "smoke", "--use_cpu", "--deepspeed",
+                str(tmp_path / "ds.json"), "--output_dir", str(tmp_path / "out")], tmp_path, check=False)
+    assert proc.returncode != 0 and "train_micro_batch_size_per_gpu" in proc.stderr
+    assert not (tmp_path / "out" / "config.json").exists()
+
+
+def test_model_that_cannot_be_loaded_offline_is_named(tmp_path):
+    proc = run([sys.executable, str(ROOT / "train_hf.py"), "--audio_model", "rinna/japanese-hubert-base",
+                "--text_model", "rinna/japanese-gpt-neox-3.6b", "--preset", "smoke",
+                "--output_dir", str(tmp_path / "out")], tmp_path, check=False)
+    assert proc.returncode != 0 and "rinna/japanese-hubert-base" in proc.stderr
+    assert not (tmp_path / "out" / "config.json").exists()
