@@ -1,5 +1,6 @@
 """Fine-tune hubert-gpt with Hugging Face Trainer (DeepSpeed, PEFT LoRA), evaluate CER, write a Hub-ready folder.
 
+  python train_hf.py --output_dir runs/default          # the embedded default: synthetic Japanese corpus, CPU
   python train_hf.py --preset smoke --output_dir runs/smoke                      # tiny model, tone data, CPU, <2 min
   python train_hf.py --audio_model rinna/japanese-hubert-base --text_model rinna/japanese-gpt-neox-3.6b \
       --dataset_name reazon-research/reazonspeech --dataset_config all --streaming --max_steps 100000 \
@@ -75,12 +76,24 @@ class DataArguments:
 
 @dataclass
 class RunArguments:
-    preset: str | None = field(default=None, metadata={"help": "smoke: tiny model on tone data", "choices": ["smoke"]})
+    preset: str | None = field(default=None, metadata={
+        "help": "smoke: tiny model on tone data; recipe (the default when no data source is given): a small model "
+                "from scratch on the synthetic Japanese corpus", "choices": ["smoke", "recipe"]})
+    corpus_hours: float = field(default=2.0, metadata={"help": "recipe: size of the synthetic corpus"})
+    corpus_dir: str = field(default="data", metadata={"help": "recipe: where the synthetic corpus is cached"})
+    max_train_minutes: float | None = field(default=None, metadata={"help": "stop training after this wall time"})
     export_dir: str | None = field(default=None, metadata={"help": "also write the Hub-ready folder here"})
 
 
 SMOKE = dict(max_steps=60, per_device_train_batch_size=8, per_device_eval_batch_size=16, learning_rate=3e-3,
              warmup_steps=5, logging_steps=10, eval_strategy="no", save_strategy="no", report_to="none")
+
+
+RECIPE = dict(max_steps=4000, per_device_train_batch_size=16, per_device_eval_batch_size=32, learning_rate=2e-3,
+              lr_scheduler_type="cosine", warmup_steps=200, weight_decay=0.01, logging_steps=25, eval_strategy="steps",
+              eval_steps=500, save_strategy="no", report_to="none", model_size="small", bridge="ctc",
+              ctc_loss_weight=1.0, max_train_minutes=24, eval_split="test", max_eval_samples=128)
+PRESETS = {"smoke": SMOKE, "recipe": RECIPE}
 
 
 def parse(argv):
@@ -89,9 +102,12 @@ def parse(argv):
         loader = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
         return loader(os.path.abspath(argv[0]))
     argv = list(argv)
-    if "--preset" in argv and argv[argv.index("--preset") + 1] == "smoke":
-        given = {a.lstrip("-").split("=")[0] for a in argv if a.startswith("--")}
-        argv += [x for k, v in SMOKE.items() if k not in given for x in (f"--{k}", str(v))]
+    given = {a.lstrip("-").split("=")[0] for a in argv if a.startswith("--")}
+    if not given & {"preset", "dataset_name", "dataset_dir", "manifest", "model_name_or_path", "audio_model"}:
+        argv += ["--preset", "recipe"]  # no data and no model given: the embedded default
+    preset = argv[argv.index("--preset") + 1] if "--preset" in argv else None
+    if preset in PRESETS:  # preset values are defaults: any flag given on the command line wins
+        argv += [x for k, v in PRESETS[preset].items() if k not in given for x in (f"--{k}", str(v))]
     return parser.parse_args_into_dataclasses(argv)
 
 
@@ -169,6 +185,11 @@ def load_data(dargs, rargs, sampling_rate, seed):
         return load_source(dargs.dataset_name, dargs.dataset_config, split, dargs.data_dir, dargs.dataset_dir,
                            dargs.manifest, streaming)
 
+    if rargs.preset == "recipe" and not dargs.dataset_dir:
+        from hubert_gpt_training.corpus import build
+
+        dargs.dataset_dir = build(rargs.corpus_hours, rargs.corpus_dir, seed)
+        logger.info(f"synthetic corpus: {dargs.dataset_dir}")
     if rargs.preset == "smoke":
         from hubert_gpt_training.synthetic import tone_rows
 
@@ -236,11 +257,18 @@ def make_compute_metrics(processor):
 
 
 class LossHistory(TrainerCallback):
-    def __init__(self):
-        self.rows = []
+    """Keeps every log row, and stops training once `max_minutes` of wall time have passed."""
+
+    def __init__(self, max_minutes=None):
+        self.rows, self.max_minutes, self.started = [], max_minutes, time.time()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        self.rows.append({"step": state.global_step, **(logs or {})})
+        self.rows.append({"step": state.global_step, "minutes": round((time.time() - self.started) / 60, 2),
+                          **(logs or {})})
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.max_minutes is not None and time.time() - self.started > 60 * self.max_minutes:
+            control.should_training_stop = True
 
 
 # 7. The Hub-ready folder --------------------------------------------------------------------------------------------
@@ -258,6 +286,9 @@ def write_hub_folder(trainer, model, processor, results, training_summary, desti
         os.remove(os.path.join(tmp, "training_args.bin"))  # a pickle: not for the Hub
         with open(os.path.join(tmp, "results.json"), "w") as f:
             json.dump(results, f, indent=2, ensure_ascii=False)
+        from hubert_gpt_training.plots import plot_curves
+
+        plot_curves(results["log_history"], os.path.join(tmp, "training_curves.png"))
         render_card(results, tmp, model_name=training_summary["model_name"],
                     base_models=training_summary.get("base_models"), dataset_name=dataset_label,
                     dataset_id=training_summary.get("dataset_id"), training_summary=training_summary)
@@ -270,12 +301,14 @@ def push(folder, repo_id, token=None):
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
+    ignore = ["checkpoint-*/**", "runs/**", "work/**"]
     try:
         api.create_repo(repo_id, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=folder, ignore_patterns=["checkpoint-*/**", "runs/**", "work/**"])
+        api.upload_folder(repo_id=repo_id, folder_path=folder, ignore_patterns=list(ignore))
     except Exception as err:  # network, auth or server: the folder is complete on disk either way
+        later = f"hf upload {repo_id} {folder} . " + " ".join(f'--exclude "{p}"' for p in ignore)
         raise SystemExit(f"Upload of {folder} to {repo_id} failed ({type(err).__name__}: {err}). "
-                         f"Everything is saved locally in {folder}; push it later with `huggingface-cli upload`.")
+                         f"Everything is saved locally in {folder}; push it later with `{later}`.")
 
 
 # 8. Main -------------------------------------------------------------------------------------------------------------
@@ -308,18 +341,19 @@ def run(argv):
 
     from hubert_gpt_training.data import SpeechCollator
 
-    history = LossHistory()
+    history = LossHistory(rargs.max_train_minutes)
     trainer = Seq2SeqTrainer(model=model, args=targs, train_dataset=train, eval_dataset=evaluation,
                              data_collator=SpeechCollator(processor, rate), processing_class=processor,
                              compute_metrics=make_compute_metrics(processor), callbacks=[history])
     train_result = trainer.train(resume_from_checkpoint=targs.resume_from_checkpoint)
     metrics = trainer.evaluate(metric_key_prefix="test")
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    dataset_label = "tone-smoke" if rargs.preset == "smoke" else (dargs.dataset_name or dargs.dataset_dir or dargs.manifest)
+    dataset_label = {"smoke": "tone-smoke", "recipe": "ja-synth"}.get(
+        rargs.preset, dargs.dataset_name or dargs.dataset_dir or dargs.manifest)
     results = {
         "cer": metrics["test_cer"], "wer": metrics["test_wer"], "num_utterances": metrics["test_num_utterances"],
         "eval_loss": metrics.get("test_loss"), "dataset_name": dataset_label,
-        "split": "generated eval set" if rargs.preset else dargs.eval_split or f"held-out {len(evaluation)} of {dargs.train_split}",
+        "split": "generated eval set" if rargs.preset == "smoke" else dargs.eval_split or f"held-out {len(evaluation)} of {dargs.train_split}",
         "bridge_type": base.config.bridge_type, "global_step": trainer.state.global_step,
         "train_loss": train_result.training_loss, "train_runtime_s": round(time.time() - started, 1),
         "parameters": parameters, "log_history": history.rows,

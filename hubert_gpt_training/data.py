@@ -35,21 +35,50 @@ def load_source(name=None, config=None, split="train", data_dir=None, disk_path=
             raise ValueError(f"manifest {manifest!r} must be .jsonl/.json or .csv with a path and a text column")
         loaded = datasets.load_dataset(kind, data_files=manifest, split="train", streaming=streaming)
         root = os.path.dirname(os.path.abspath(manifest))  # relative paths are relative to the manifest
-        return loaded.map(lambda row: {"__root__": root})
+        features = None if loaded.features is None else datasets.Features({**loaded.features, "__root__": datasets.Value("string")})
+        return loaded.map(lambda row: {"__root__": root}, features=features)  # features kept: streaming too
+    allow_audio_paths_without_torchcodec()
     return datasets.load_dataset(name, config, split=split, data_dir=data_dir, streaming=streaming)
+
+
+def allow_audio_paths_without_torchcodec():
+    """datasets 5's `Audio.encode_example` imports torchcodec even to store a file path (every audiofolder row), so
+    without torchcodec such builders fail. Paths and file bytes need no codec: store them as they are (prepare()
+    decodes them with soundfile); arrays still go to the original (which needs torchcodec to write a wav)."""
+    if datasets.config.TORCHCODEC_AVAILABLE or getattr(datasets.Audio.encode_example, "_no_torchcodec", False):
+        return
+    original = datasets.Audio.encode_example
+
+    def encode_example(self, value):
+        if isinstance(value, (str, os.PathLike)):
+            return {"bytes": None, "path": os.fspath(value)}
+        if isinstance(value, (bytes, bytearray)):
+            return {"bytes": bytes(value), "path": None}
+        if isinstance(value, dict) and value.get("array") is None and (value.get("path") or value.get("bytes")):
+            return {"bytes": value.get("bytes"), "path": value.get("path")}
+        return original(self, value)
+
+    encode_example._no_torchcodec = True
+    datasets.Audio.encode_example = encode_example
 
 
 def prepare(dataset, audio_column="audio", text_column="transcription", sampling_rate=16000, max_seconds=16.0):
     """Decode + resample audio, check text, drop over-long / empty rows. Columns out: audio, text, input_length."""
+    def check_columns(names):
+        names = [c for c in names if c != "__root__"]
+        missing = [c for c in (audio_column, text_column) if c not in names]
+        if missing:
+            raise ValueError(f"dataset has no column(s) {missing}; its columns are {names} (see --audio_column/--text_column)")
+
     columns = dataset.column_names
     if columns is not None:
-        missing = [c for c in (audio_column, text_column) if c not in columns]
-        if missing:
-            raise ValueError(f"dataset has no column(s) {missing}; its columns are {columns} (see --audio_column/--text_column)")
+        check_columns(columns)
     if isinstance(dataset.features, dict) and isinstance(dataset.features.get(audio_column), datasets.Audio):
         dataset = dataset.cast_column(audio_column, datasets.Audio(decode=False))
 
     def decode(row, index):
+        if columns is None:  # a streaming source whose columns show only row by row (CSV)
+            check_columns(list(row))
         return {"audio": read_row_audio(row[audio_column], row.get("__root__"), index, sampling_rate),
                 "text": check_text(row[text_column], index, text_column)}
 
@@ -61,6 +90,8 @@ def prepare(dataset, audio_column="audio", text_column="transcription", sampling
     drop = [c for c in (columns or []) if c not in ("audio", "text")] + (["__root__"] if "__root__" in (columns or []) else [])
     drop = sorted(set(drop) | ({audio_column, text_column} - {"audio", "text"}))
     dataset = dataset.map(decode_and_measure, with_indices=True, remove_columns=drop or None)
+    if columns is None:
+        dataset = dataset.select_columns(["audio", "text", "input_length"])
     max_samples = int(max_seconds * sampling_rate)
 
     def keep(row):
@@ -89,6 +120,8 @@ def read_row_audio(value, root, index, sampling_rate):
 
 
 def check_text(value, index, column):
+    if value is None:  # an empty CSV cell / JSON null: an empty transcript, dropped by prepare()
+        return ""
     if not isinstance(value, str):
         raise ValueError(f"row {index}: column {column!r} must hold a string transcript, got {type(value).__name__}")
     return value

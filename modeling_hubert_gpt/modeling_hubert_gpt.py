@@ -433,6 +433,10 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         Without max_new_tokens/max_length each utterance stops at its own bound (`max_new_tokens_for`).
         """
         kwargs.pop("labels", None)  # Seq2SeqTrainer passes the training batch; transcripts are not a prompt here
+        if kwargs.pop("ctc_draft", False):  # lossless CTC-draft speculative greedy decoding (ctc bridge)
+            from .speculative_hubert_gpt import ctc_draft_generate  # a relative import: the file is saved alongside
+
+            return ctc_draft_generate(self, input_values, attention_mask, generation_config, **kwargs)
         speech = self.encode_speech(input_values, attention_mask)
         embeds, prompt_mask, position_ids, _ = self.pack_prompt(speech.embeds, speech.lengths, left_pad=True)
         generation_config = copy.deepcopy(generation_config or self.generation_config)

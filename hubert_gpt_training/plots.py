@@ -1,0 +1,21 @@
+"""The training curves of a run (loss and CER per step) as a PNG, from Trainer's log rows."""
+
+
+def plot_curves(log_history, path):
+    """log_history: Trainer log rows with "step" and "loss" (training) or "eval_cer"/"test_cer" (evaluation)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loss = [(row["step"], row["loss"]) for row in log_history if "loss" in row]
+    cer = [(row["step"], row[key]) for row in log_history for key in ("eval_cer", "test_cer") if key in row]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.plot(*zip(*loss), marker=".") if loss else None
+    left.set(title="training loss", xlabel="step", ylabel="loss")
+    right.plot(*zip(*cer), marker="o", color="tab:red") if cer else None
+    right.set(title="CER on generated transcripts", xlabel="step", ylabel="CER", ylim=(0, None))
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

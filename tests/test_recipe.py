@@ -1,0 +1,99 @@
+"""The embedded default: the synthetic corpus builder, a shortened recipe end to end, the transcribe CLI."""
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import soundfile
+import torch
+
+from hubert_gpt_training import corpus
+from modeling_hubert_gpt import HubertGptForConditionalGeneration
+
+ROOT = Path(__file__).resolve().parents[1]
+HOURS = 0.02  # about 30 utterances
+
+
+def test_corpus_is_deterministic_disjoint_16k_and_in_order(tmp_path):
+    first = corpus.build(HOURS, str(tmp_path / "a"), seed=1, workers=1)
+    again = corpus.build(HOURS, str(tmp_path / "a"), seed=1, workers=1)
+    other = corpus.build(HOURS, str(tmp_path / "b"), seed=1, workers=1)
+    assert first == again  # reused, not rebuilt
+    a, b = datasets.load_from_disk(first), datasets.load_from_disk(other)
+    for split in ("train", "dev", "test"):
+        assert a[split]["transcription"] == b[split]["transcription"]
+        assert [r["bytes"] for r in a[split]["audio"]] == [r["bytes"] for r in b[split]["audio"]]
+    assert not set(a["test"]["transcription"]) & set(a["train"]["transcription"])
+    assert all(corpus.split_of(t) == "test" for t in a["test"]["transcription"])
+    assert all(corpus.split_of(t) == "train" for t in a["train"]["transcription"])
+    # Test voices come from ranges training never uses.
+    assert all(0.97 <= s <= 1.03 for s in a["test"]["speed"])
+    assert all(s < 0.97 or s > 1.03 for s in a["train"]["speed"])
+    # 16 kHz, and each row's audio is its own text spoken with its own voice (rows are in order).
+    for split, row in [("train", r) for r in list(a["train"])[:3]] + [("test", r) for r in a["test"]]:
+        assert soundfile.info(io.BytesIO(row["audio"]["bytes"])).samplerate == 16000
+        planned = (split, row["transcription"], row["speed"], row["half_tone"])
+        assert corpus.synthesize(planned)[1] == row["audio"]["bytes"]
+
+
+def test_test_sentences_are_new_sentences_made_of_trained_words():
+    sentences = corpus.all_sentences()
+    assert len(set(sentences)) > 100_000
+    train_words = set()
+    for sentence in sentences:
+        if corpus.split_of(sentence) == "train":
+            train_words.update(w for words in corpus.WORDS.values() for w in words if w in sentence)
+    assert train_words == {w for words in corpus.WORDS.values() for w in words}
+
+
+def test_shortened_recipe_learns_and_writes_a_loadable_folder(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train_hf.py"), "--output_dir", str(out), "--corpus_hours", str(HOURS),
+         "--corpus_dir", str(tmp_path / "data"), "--model_size", "tiny", "--max_steps", "40",
+         "--per_device_train_batch_size", "8", "--warmup_steps", "5", "--logging_steps", "5", "--eval_steps", "20"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((out / "results.json").read_text())
+    losses = [row["loss"] for row in results["log_history"] if "loss" in row]
+    assert len(losses) == 8 and losses[-1] < 0.8 * losses[0]
+    assert results["dataset_name"] == "ja-synth" and results["split"] == "test" and results["bridge_type"] == "ctc"
+    assert [row["step"] for row in results["log_history"] if "eval_cer" in row] == [20, 40]
+    assert (out / "training_curves.png").stat().st_size > 10_000
+    model = HubertGptForConditionalGeneration.from_pretrained(out)
+    assert model.config.bridge_type == "ctc" and model.config.ctc_loss_weight == 1.0
+
+
+def test_transcribe_cli_reports_bad_files_and_goes_on(tmp_path):
+    torch.manual_seed(0)
+    from helpers import build_tiny_tokenizer, make_audio
+    from transformers import Wav2Vec2FeatureExtractor
+
+    from hubert_gpt_training.tiny import tiny_config
+    from modeling_hubert_gpt import HubertGptProcessor
+
+    tokenizer = build_tiny_tokenizer(tmp_path / "tok")
+    processor = HubertGptProcessor(Wav2Vec2FeatureExtractor(return_attention_mask=True, do_normalize=False), tokenizer)
+    model = HubertGptForConditionalGeneration(tiny_config(tokenizer=tokenizer)).eval()
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    good = [tmp_path / "a.wav", tmp_path / "b.flac"]
+    soundfile.write(good[0], make_audio(1.0, seed=0), 16000)
+    soundfile.write(good[1], make_audio(0.7, seed=1), 16000)
+    (tmp_path / "bad.wav").write_bytes(b"not audio at all")
+    files = [str(good[0]), str(tmp_path / "bad.wav"), str(good[1])]
+    proc = subprocess.run([sys.executable, "-m", "hubert_gpt_training.transcribe", str(tmp_path / "model"), *files,
+                           "--json", "--batch_size", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [line["file"] for line in lines] == [files[1], files[0], files[2]]  # the error first, within its batch
+    assert "Could not decode" in lines[0]["error"] and "bad.wav" in proc.stderr
+    from modeling_hubert_gpt import load_audio
+
+    audios = [load_audio(str(p), 16000) for p in good]
+    expected = processor.batch_decode(model.generate(**processor(audio=audios, sampling_rate=16000)),
+                                      skip_special_tokens=True)
+    assert [lines[1]["text"], lines[2]["text"]] == expected
