@@ -73,7 +73,9 @@ _SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
 }
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
+)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -221,7 +223,8 @@ def load_nue_weights(model, checkpoint):
             unexpected.append(key)
     if unexpected:
         raise ValueError(
-            f"unexpected key(s) in the nue-asr checkpoint, with no place in the converted model: {', '.join(unexpected)}"
+            "unexpected key(s) in the nue-asr checkpoint, with no place in the converted model: "
+            + ", ".join(unexpected)
         )
     # Tied tensors (one Parameter under two names) need only one of their names in the checkpoint.
     provided = {id(params[target]) for target in targets}
@@ -231,8 +234,9 @@ def load_nue_weights(model, checkpoint):
         raise ValueError(f"missing key(s) in the nue-asr checkpoint: {', '.join(described)}")
     inv_freq = _rotary_inv_freq(model)
     for key in rotary:
-        stored = checkpoint[key]
-        if inv_freq is None or stored.shape != inv_freq.shape or not torch.allclose(stored.float(), inv_freq.float().cpu(), rtol=1e-4, atol=0):
+        stored = checkpoint[key].float()
+        same = inv_freq is not None and stored.shape == inv_freq.shape
+        if not (same and torch.allclose(stored, inv_freq.float().cpu(), rtol=1e-4, atol=0)):
             raise ValueError(
                 f"checkpoint buffer {key} does not match the rotary frequencies the model computes from llm_config "
                 "(rotary_pct / rotary_emb_base); the converted model would place tokens differently"
@@ -314,7 +318,9 @@ def load_nue_asr(src, dtype="auto"):
         processor = build_processor(src, work_dir)
     tokenizer = processor.tokenizer
     if len(tokenizer) > text_config.vocab_size:
-        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but llm_config.vocab_size is {text_config.vocab_size}")
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but llm_config.vocab_size is {text_config.vocab_size}"
+        )
     bos, sep = _prompt_id(tokenizer, SPECIAL_TOKENS["bos_token"]), _prompt_id(tokenizer, SPECIAL_TOKENS["sep_token"])
     config = HubertGptConfig(
         audio_config=audio_config,
@@ -364,7 +370,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--src", required=True, help="nue-asr folder (config.json, weights, spiece.model) or hub id")
     parser.add_argument("--dst", required=True, help="output folder for the hubert-gpt model")
-    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="weights' dtype (auto: the checkpoint's)")
+    parser.add_argument(
+        "--dtype", default="auto", choices=["auto", *DTYPES], help="weights' dtype (auto: the checkpoint's)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --dst")
     args = parser.parse_args(argv)
     model, _ = convert(args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite)

@@ -92,7 +92,7 @@ SMOKE = dict(max_steps=60, per_device_train_batch_size=8, per_device_eval_batch_
 RECIPE = dict(max_steps=4000, per_device_train_batch_size=16, per_device_eval_batch_size=32, learning_rate=2e-3,
               lr_scheduler_type="cosine", warmup_steps=200, weight_decay=0.01, logging_steps=25, eval_strategy="steps",
               eval_steps=500, save_strategy="no", report_to="none", model_size="small", bridge="ctc",
-              ctc_loss_weight=1.0, max_train_minutes=24, eval_split="test", max_eval_samples=128)
+              ctc_loss_weight=1.0, max_train_minutes=20, eval_split="test")
 PRESETS = {"smoke": SMOKE, "recipe": RECIPE}
 
 
@@ -148,8 +148,9 @@ def build_model(margs, train_texts, work_dir):
     from hubert_gpt_training.tokenizer import train_tokenizer
 
     tokenizer = train_tokenizer(train_texts, os.path.join(work_dir, "tokenizer"), vocab_size=margs.vocab_size)
-    width, layers = (64, 2) if margs.model_size == "tiny" else (192, 4)
-    config = tiny_config(margs.bridge, tokenizer=tokenizer, width=width, layers=layers, **extra)
+    # The conv front end on raw 16 kHz audio dominates an encoder this small: keep its channels few.
+    width, layers, conv_dim = (64, 2, 32) if margs.model_size == "tiny" else (192, 4, 48)
+    config = tiny_config(margs.bridge, tokenizer=tokenizer, width=width, layers=layers, conv_dim=conv_dim, **extra)
     feature_extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
                                                  do_normalize=False, return_attention_mask=True)
     return HubertGptForConditionalGeneration(config), HubertGptProcessor(feature_extractor, tokenizer)

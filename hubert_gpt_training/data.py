@@ -35,8 +35,9 @@ def load_source(name=None, config=None, split="train", data_dir=None, disk_path=
             raise ValueError(f"manifest {manifest!r} must be .jsonl/.json or .csv with a path and a text column")
         loaded = datasets.load_dataset(kind, data_files=manifest, split="train", streaming=streaming)
         root = os.path.dirname(os.path.abspath(manifest))  # relative paths are relative to the manifest
-        features = None if loaded.features is None else datasets.Features({**loaded.features, "__root__": datasets.Value("string")})
-        return loaded.map(lambda row: {"__root__": root}, features=features)  # features kept: streaming too
+        features = loaded.features  # kept through map, so a streaming manifest still knows its columns
+        features = None if features is None else datasets.Features({**features, "__root__": datasets.Value("string")})
+        return loaded.map(lambda row: {"__root__": root}, features=features)
     allow_audio_paths_without_torchcodec()
     return datasets.load_dataset(name, config, split=split, data_dir=data_dir, streaming=streaming)
 

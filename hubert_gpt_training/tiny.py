@@ -43,7 +43,7 @@ def tiny_text_config(model_type="gpt_neox", vocab_size=100, hidden_size=32, laye
 
 
 def tiny_config(bridge_type="conv", feat_extract_norm="layer", audio_model_type="hubert", text_model_type="gpt_neox",
-                vocab_size=100, sep=3, tokenizer=None, width=32, layers=2, **kwargs):
+                vocab_size=100, sep=3, tokenizer=None, width=32, layers=2, conv_dim=None, **kwargs):
     """A small config; with `tokenizer`, its vocabulary size and bos/eos/pad/[SEP] ids are used."""
     ids = dict(bos=1, eos=2, pad=0)
     if tokenizer is not None:
@@ -51,7 +51,7 @@ def tiny_config(bridge_type="conv", feat_extract_norm="layer", audio_model_type=
         ids = dict(bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id)
     return HubertGptConfig(
         audio_config=tiny_audio_config(audio_model_type, feat_extract_norm, hidden_size=width, layers=layers,
-                                       conv_dim=max(16, width // 2)),
+                                       conv_dim=conv_dim or max(16, width // 2)),
         text_config=tiny_text_config(text_model_type, vocab_size, hidden_size=width, layers=layers, **ids),
         bridge_type=bridge_type,
         prompt_sep_token_id=sep,

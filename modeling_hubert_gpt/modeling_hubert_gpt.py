@@ -118,10 +118,11 @@ class HubertGptCtcBridge(nn.Module):
             blank_logprob = logits.float().log_softmax(-1)[..., self.blank_id].masked_fill(~valid, float("inf"))
             fallback = F.one_hot(blank_logprob.argmin(-1), frames).bool() & empty[:, None]
             keep = keep | fallback
-            logger.warning(
-                f"CTC bridge: every frame of utterance(s) {empty.nonzero().flatten().tolist()} was predicted blank; "
-                "kept the one frame least likely blank."
-            )
+            if not self.training:  # early in training all-blank is the norm, not news
+                logger.warning(
+                    f"CTC bridge: every frame of utterance(s) {empty.nonzero().flatten().tolist()} was predicted "
+                    "blank; kept the one frame least likely blank."
+                )
         starts = keep.clone()
         if self.merge_repeats:
             same_as_previous = torch.zeros_like(keep)

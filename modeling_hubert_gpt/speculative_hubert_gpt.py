@@ -20,14 +20,19 @@ has eos; the LLM ends with it). A pointer walks the draft. After a mismatch the 
 draft near where it was expected: a few tokens ahead (the draft has extra tokens: skip them), or one back (t repeats
 the last token: CTC collapsed a real double letter); if t is nowhere near, it is taken as a substitution and the
 pointer moves one past. When the draft is used up (or empty), prompt-lookup drafting takes over: the longest recent
-n-gram (n <= 3) ending the output is found earlier in draft + output, and what followed it is proposed.
+n-gram (n <= 3) ending the output is found earlier in draft + output, and what followed it is proposed. At most
+`ctc_draft_window` (32) tokens are proposed per pass; after a mismatch the window shrinks to max(4, 2 x accepted)
+and after a fully accepted pass it doubles back, so a poor draft wastes few positions (on a GPU a pass costs about the same for 1 or 32
+tokens; on a CPU the extra positions cost compute).
 
 Batching: rows stay in one batch with one DynamicCache. Rows accept different numbers of tokens per pass, so after a
 pass the cache is cropped to the shortest row's verified length (`cache.crop`); the other rows' extra verified
 tokens are fed again next pass, in front of their next draft window (their KV is recomputed, a few tokens; no
-tokens are re-verified or lost). Inputs of different lengths are right-padded and masked; the cache itself never
-holds a masked slot (except the prompt's left padding), so any attention implementation works. Finished rows leave
-the batch (`cache.batch_select_indices`). One forward pass of the batch counts as one pass.
+tokens are re-verified or lost). Inputs of different lengths are right-padded and masked, and the crop removes
+those slots again: beyond the prompt's left padding the cache never keeps a masked slot, so the attention mask stays
+[left padding][ones]. Finished rows leave the batch (`cache.batch_select_indices`). One forward pass of the batch
+counts as one pass. (Alternatives: row by row costs B passes where one does; keeping per-row holes in the cache
+needs masks with holes, which not every attention implementation takes.)
 
 Statistics of the last call are left in `model.last_generate_stats` (a dict):
     llm_forward_passes   LLM forward calls (the prefill included); plain greedy needs max(row_tokens) of them
@@ -50,6 +55,7 @@ import torch
 from transformers import DynamicCache
 
 DEFAULT_WINDOW = 32  # most draft tokens verified per row and pass
+MIN_WINDOW = 4  # the adaptive window never shrinks below this
 REALIGN_AHEAD = 4  # how far ahead in the draft the LLM's token is looked for after a mismatch
 MAX_NGRAM = 3  # prompt-lookup n-gram size once the draft is used up
 
@@ -124,26 +130,37 @@ def ngram_proposal(context, output, window, max_ngram=MAX_NGRAM):
 
 
 class DraftAligner:
-    """Walks one utterance's draft; proposes the next window and re-aligns after each verified pass."""
+    """Walks one utterance's draft: proposes the next window and re-aligns after each verified pass.
 
-    def __init__(self, draft, eos_token_id=None, ngram=True):
+    The window adapts per utterance: it doubles (up to `window`) after a pass that accepted every proposed token and
+    shrinks to max(MIN_WINDOW, 2 * accepted) after a mismatch, so a poor draft costs few wasted positions.
+    """
+
+    def __init__(self, draft, eos_token_id=None, ngram=True, window=DEFAULT_WINDOW):
         self.ctc = list(draft)
         self.draft = self.ctc + ([eos_token_id] if eos_token_id is not None else [])
         self.pointer = 0  # index in self.draft of the token expected next
         self.ngram = ngram
+        self.max_window = self.window = max(int(window), 0)
 
-    def propose(self, output, window):
-        """(tokens, source) with at most `window` tokens; source is "ctc" or "ngram"."""
-        if window <= 0:
+    def propose(self, output, room):
+        """(tokens, source): at most min(window, room) tokens; source is "ctc" or "ngram"."""
+        size = min(self.window, room)
+        if size <= 0:
             return [], "ctc"
         if self.pointer < len(self.draft):
-            return self.draft[self.pointer : self.pointer + window], "ctc"
+            return self.draft[self.pointer : self.pointer + size], "ctc"
         if self.ngram:
-            return ngram_proposal(self.ctc, output, window), "ngram"
+            return ngram_proposal(self.ctc, output, size), "ngram"
         return [], "ngram"
 
-    def update(self, source, accepted, llm_token):
-        """After a pass: `accepted` proposed tokens were kept, then the LLM chose `llm_token` itself."""
+    def update(self, source, proposed, accepted, llm_token):
+        """After a pass: of `proposed` tokens `accepted` were kept, then the LLM chose `llm_token` itself."""
+        if proposed:
+            if accepted == proposed:
+                self.window = min(self.max_window, 2 * self.window)
+            else:
+                self.window = min(self.max_window, max(MIN_WINDOW, 2 * accepted))
         if source != "ctc" or self.pointer >= len(self.draft):
             return
         expected = self.pointer + accepted  # where llm_token should sit in the draft
@@ -200,7 +217,7 @@ def speculative_greedy_decode(
     window = max(int(window), 0)
     cache_name, has_keep = _forward_kwargs(language_model)
     embed = language_model.get_input_embeddings()
-    aligners = [DraftAligner(d, eos_ids[0] if eos_ids else None, ngram) for d in drafts]
+    aligners = [DraftAligner(d, eos_ids[0] if eos_ids else None, ngram, window) for d in drafts]
     outputs = [[] for _ in range(batch)]
     stats = {
         "llm_forward_passes": 0,
@@ -215,6 +232,11 @@ def speculative_greedy_decode(
         streamer.put(torch.empty((1, 0), dtype=torch.long))  # the (empty) prompt, as generate() does
     if active:
         cache = _new_cache(language_model)
+        if not getattr(cache, "is_croppable", True) or any(getattr(cache, "is_sliding", None) or []):
+            raise ValueError(
+                "ctc_draft=True rolls the KV cache back after rejected draft tokens, which this LLM's cache "
+                "(sliding-window or linear-attention layers) cannot do; drop ctc_draft"
+            )
         past_mask = attention_mask[active].long()  # (B_active, cached slots)
         embeds = inputs_embeds[active]
         prompt_pos = position_ids[active]
@@ -226,7 +248,7 @@ def speculative_greedy_decode(
         for r in active:
             pending = outputs[r][cached:]
             room = limits[r] - len(outputs[r]) - 1  # the pass adds the LLM's own token after the proposal
-            proposal, source = aligners[r].propose(outputs[r], min(window, room))
+            proposal, source = aligners[r].propose(outputs[r], room)
             pendings.append(pending)
             proposals.append(proposal)
             sources.append(source)
@@ -264,17 +286,20 @@ def speculative_greedy_decode(
         # -- greedy token at every position that verifies a draft token (or follows the last one)
         span = max(len(q) for q in proposals) + 1
         index = torch.zeros((len(active), span), dtype=torch.long)
-        suppress = torch.zeros((len(active), span), dtype=torch.bool)
-        for b, (r, q) in enumerate(zip(active, proposals)):
-            first_index = starts[b] - (total_in - keep)
-            index[b] = (first_index + torch.arange(span)).clamp(max=keep - 1)
-            suppress[b] = (len(outputs[r]) + torch.arange(span)) < min_new_tokens
-        picked = logits.gather(1, index.to(device)[..., None].expand(-1, -1, logits.shape[-1])).float()
-        if eos_ids and min_new_tokens > 0:
-            eos_cols = torch.zeros(picked.shape[-1], dtype=torch.bool, device=device)
+        for b in range(len(active)):
+            index[b] = (starts[b] - (total_in - keep) + torch.arange(span)).clamp(max=keep - 1)
+        index = index.to(device)
+        if eos_ids and min_new_tokens > 0 and min(len(outputs[r]) for r in active) < min_new_tokens:
+            # eos is not allowed before min_new_tokens (as MinNewTokensLengthLogitsProcessor does)
+            new_index = torch.full((len(active), keep), 1 << 30, dtype=torch.long)
+            for b, r in enumerate(active):
+                first_index = starts[b] - (total_in - keep)
+                new_index[b, first_index:] = len(outputs[r]) + torch.arange(keep - first_index)
+            eos_cols = torch.zeros(logits.shape[-1], dtype=torch.bool, device=device)
             eos_cols[eos_ids] = True
-            picked = picked.masked_fill(suppress.to(device)[..., None] & eos_cols, float("-inf"))
-        greedy = picked.argmax(-1).tolist()  # (B_active, span)
+            too_early = (new_index < min_new_tokens).to(device)[..., None] & eos_cols
+            logits = logits.masked_fill(too_early, float("-inf"))
+        greedy = logits.argmax(-1).gather(1, index).tolist()  # (B_active, span); argmax: first of ties, as generate
         # -- accept the agreeing prefix plus the LLM's own next token; stop on eos / the row's bound
         new_cached, still_active, streamed = [], [], []
         for b, (r, p, q, source) in enumerate(zip(active, pendings, proposals, sources)):
@@ -295,7 +320,7 @@ def speculative_greedy_decode(
                 streamed = outputs[r][before:]
             if done:
                 continue
-            aligners[r].update(source, accepted, g[accepted])
+            aligners[r].update(source, len(q), accepted, g[accepted])
             still_active.append(b)
             # verified inputs: the pending tokens and the accepted draft tokens (all now in outputs[r])
             new_cached.append(cached + len(p) + accepted)

@@ -17,7 +17,15 @@ import torch.nn.functional as F
 from helpers import make_audio, training_sentences, transcribe_in_fresh_process
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor, GPTNeoXConfig, GPTNeoXForCausalLM, HubertConfig, HubertModel, pipeline
+from transformers import (
+    AutoModelForSpeechSeq2Seq,
+    AutoProcessor,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    HubertConfig,
+    HubertModel,
+    pipeline,
+)
 
 import convert_nue_asr
 from hubert_gpt_training.tokenizer import train_sentencepiece
@@ -189,7 +197,7 @@ def test_tokenizer_matches_sentencepiece(case):
     for text in training_sentences(5, 3, seed=1) + ["未知の文字", "hello  world "]:
         pieces = sp.encode(text)
         assert tokenizer(text, add_special_tokens=False)["input_ids"] == pieces
-        known = [t for t in pieces if t != sp.unk_id()]  # skip_special_tokens drops <unk>, as nue-asr's T5Tokenizer does
+        known = [t for t in pieces if t != sp.unk_id()]  # skip_special_tokens drops <unk>, as nue-asr's tokenizer does
         assert tokenizer.decode(pieces, skip_special_tokens=True) == sp.decode(known)
 
 
@@ -202,7 +210,8 @@ def test_bridge_and_logits_equal_the_reference(case, audios):
         for i, audio in enumerate(audios):
             wave = torch.from_numpy(audio)[None]
             expected_speech = reference.bridge(wave)[0]
-            expected_logits = reference.llm(inputs_embeds=reference.prompt(wave, special["bos"], special["sep"])).logits[0]
+            prompt = reference.prompt(wave, special["bos"], special["sep"])
+            expected_logits = reference.llm(inputs_embeds=prompt).logits[0]
             single = processor(audio=[audio], sampling_rate=SR, return_tensors="pt")
             speech = model.encode_speech(**single)
             torch.testing.assert_close(speech.embeds[0], expected_speech, atol=1e-5, rtol=1e-4)
@@ -339,7 +348,8 @@ def test_cli_folder_works_with_auto_classes_and_pipeline(group_src, tmp_path, au
     inputs = processor(audio=audios, sampling_rate=SR, return_tensors="pt")
     tokens = model.generate(**inputs)
     for row, audio in zip(tokens, audios):
-        check_tokens(row, reference.transcribe(torch.from_numpy(audio)[None], **ids(sp)), model.generation_config.pad_token_id)
+        nue_tokens = reference.transcribe(torch.from_numpy(audio)[None], **ids(sp))
+        check_tokens(row, nue_tokens, model.generation_config.pad_token_id)
     expected = processor.batch_decode(tokens, skip_special_tokens=True)
     asr = pipeline("automatic-speech-recognition", model=str(dst), trust_remote_code=True)
     assert [out["text"] for out in asr(audios, batch_size=3)] == expected

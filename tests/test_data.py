@@ -201,7 +201,8 @@ def test_missing_columns_of_a_streaming_csv_show_at_the_first_row(wav_dir, tmp_p
 
 def test_text_column_holding_non_strings_names_the_row(wav_dir):
     folder, _ = wav_dir
-    ds = datasets.Dataset.from_dict({"audio": [str(folder / "u0.wav"), str(folder / "u1.wav")], "transcription": [1, 2]})
+    ds = datasets.Dataset.from_dict({"audio": [str(folder / "u0.wav"), str(folder / "u1.wav")],
+                                     "transcription": [1, 2]})
     with pytest.raises(ValueError) as err:
         prepare(ds)
     assert str(err.value) == "row 0: column 'transcription' must hold a string transcript, got int"
@@ -215,7 +216,8 @@ def test_file_that_is_not_audio_names_the_row_and_file(wav_dir, tmp_path):
     with pytest.raises(ValueError) as err:
         prepare(load_source(manifest=str(manifest)))
     message = str(err.value)
-    assert message.startswith(f"row 1: unreadable audio: Could not decode file '{tmp_path / 'wavs' / 'x.wav'}' as audio")
+    bad = tmp_path / "wavs" / "x.wav"
+    assert message.startswith(f"row 1: unreadable audio: Could not decode file '{bad}' as audio")
     assert "Accepted formats: wav, flac" in message
 
 
