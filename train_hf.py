@@ -151,8 +151,9 @@ def build_model(margs, train_texts, work_dir):
     # The conv front end on raw 16 kHz audio dominates an encoder this small: keep its channels few.
     width, layers, conv_dim = (64, 2, 32) if margs.model_size == "tiny" else (192, 4, 48)
     config = tiny_config(margs.bridge, tokenizer=tokenizer, width=width, layers=layers, conv_dim=conv_dim, **extra)
+    # From scratch, zero-mean unit-variance audio (per utterance, real samples only) trains faster.
     feature_extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
-                                                 do_normalize=False, return_attention_mask=True)
+                                                 do_normalize=True, return_attention_mask=True)
     return HubertGptForConditionalGeneration(config), HubertGptProcessor(feature_extractor, tokenizer)
 
 

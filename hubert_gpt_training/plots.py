@@ -12,7 +12,7 @@ def plot_curves(log_history, path):
     cer = [(row["step"], row[key]) for row in log_history for key in ("eval_cer", "test_cer") if key in row]
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     left.plot(*zip(*loss), marker=".") if loss else None
-    left.set(title="training loss", xlabel="step", ylabel="loss")
+    left.set(title="training loss", xlabel="step", ylabel="loss", yscale="log")
     right.plot(*zip(*cer), marker="o", color="tab:red") if cer else None
     right.set(title="CER on generated transcripts", xlabel="step", ylabel="CER", ylim=(0, None))
     figure.tight_layout()

@@ -5,7 +5,8 @@ from transformers import AutoConfig
 from modeling_hubert_gpt import HubertGptConfig
 
 
-def tiny_audio_config(model_type="hubert", feat_extract_norm="layer", hidden_size=32, layers=2, conv_dim=16, **kwargs):
+def tiny_audio_config(model_type="hubert", feat_extract_norm="layer", hidden_size=32, layers=2, conv_dim=16,
+                      dropout=0.05, **kwargs):
     """A HuBERT-shaped encoder (HuBERT's 7-layer conv front end: 320 samples per frame, 400-sample window)."""
     return AutoConfig.for_model(
         model_type,
@@ -21,6 +22,9 @@ def tiny_audio_config(model_type="hubert", feat_extract_norm="layer", hidden_siz
         num_conv_pos_embedding_groups=2,
         mask_time_prob=0.0,
         layerdrop=0.0,
+        hidden_dropout=dropout,
+        attention_dropout=dropout,
+        activation_dropout=dropout,
         **kwargs,
     )
 

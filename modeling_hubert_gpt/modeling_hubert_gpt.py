@@ -298,6 +298,19 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         bound = self.config.max_new_tokens_per_second * seconds + self.config.max_new_tokens_base + 0.5
         return bound.floor().long()
 
+    def generation_config_for(self, generation_config, kwargs):
+        """This call's GenerationConfig (generate() keywords moved in from `kwargs`), and whether each utterance
+        gets its own new-token bound: yes unless the call gives max_new_tokens/max_length or the config sets
+        max_new_tokens. A config's max_length alone is not a bound here: it counts the speech prompt, and
+        Seq2SeqTrainer writes the legacy default (20) into the model's config."""
+        config = copy.deepcopy(generation_config or self.generation_config)
+        asked = any(kwargs.get(k) is not None for k in ("max_new_tokens", "max_length"))
+        config.update(**{k: kwargs.pop(k) for k in list(kwargs) if hasattr(config, k)})
+        per_utterance = not asked and config.max_new_tokens is None
+        if per_utterance:
+            config.max_length = None
+        return config, per_utterance
+
     # --- speech -> speech prompt ---------------------------------------------------------------------
     def _sample_lengths(self, input_values, attention_mask):
         if input_values is None:
@@ -440,9 +453,8 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
             return ctc_draft_generate(self, input_values, attention_mask, generation_config, **kwargs)
         speech = self.encode_speech(input_values, attention_mask)
         embeds, prompt_mask, position_ids, _ = self.pack_prompt(speech.embeds, speech.lengths, left_pad=True)
-        generation_config = copy.deepcopy(generation_config or self.generation_config)
-        generation_config.update(**{k: kwargs.pop(k) for k in list(kwargs) if hasattr(generation_config, k)})
-        if generation_config.max_new_tokens is None and "max_length" not in generation_config.to_diff_dict():
+        generation_config, per_utterance = self.generation_config_for(generation_config, kwargs)
+        if per_utterance:
             limits = self.max_new_tokens_for(speech.sample_lengths)
             generation_config.max_new_tokens = int(limits.max())
             if generation_config.num_beams == 1:

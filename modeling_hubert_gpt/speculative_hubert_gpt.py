@@ -398,8 +398,7 @@ def ctc_draft_generate(
     for name in ("logits_processor", "stopping_criteria"):
         if kwargs.pop(name, None):
             raise ValueError(f"ctc_draft=True does not take a custom {name}; drop ctc_draft to use one")
-    original = copy.deepcopy(generation_config or model.generation_config)
-    original.update(**{k: kwargs.pop(k) for k in list(kwargs) if hasattr(original, k)})
+    original, per_utterance = model.generation_config_for(generation_config, kwargs)
     if kwargs:
         raise TypeError(f"generate(ctc_draft=True) got unexpected keyword arguments {sorted(kwargs)}")
     # As language_model.generate() would: unset values come from the LLM's own generation config.
@@ -414,13 +413,13 @@ def ctc_draft_generate(
     batch, prompt_len = prompt_mask.shape
     if batch > 1 and streamer is not None:
         raise ValueError("a streamer takes one utterance at a time (batch size 1)")
-    # Bounds, as generate() sets them: max_new_tokens, else max_length (which counts the prompt), else per utterance.
-    if config.max_new_tokens is not None:
-        limits = [config.max_new_tokens] * batch
-    elif "max_length" in original.to_diff_dict():
-        limits = [max(config.max_length - prompt_len, 0)] * batch
-    else:
+    # Bounds, as generate() sets them: per utterance, else max_new_tokens, else max_length (which counts the prompt).
+    if per_utterance:
         limits = model.max_new_tokens_for(speech.sample_lengths).tolist()
+    elif config.max_new_tokens is not None:
+        limits = [config.max_new_tokens] * batch
+    else:
+        limits = [max(config.max_length - prompt_len, 0)] * batch
     if config.min_new_tokens is not None:
         min_new = config.min_new_tokens
     else:

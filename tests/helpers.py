@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+from transformers.generation.streamers import BaseStreamer
 
 from hubert_gpt_training.tokenizer import train_tokenizer
 
@@ -95,3 +96,16 @@ def transcribe_in_fresh_process(folder, audio_dir):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+class CollectStreamer(BaseStreamer):
+    """Records every token generate() streams, and whether it said the end."""
+
+    def __init__(self):
+        self.tokens, self.ended = [], False
+
+    def put(self, value):
+        self.tokens += value.flatten().tolist()
+
+    def end(self):
+        self.ended = True

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
+from helpers import CollectStreamer
 from transformers import GPTNeoXConfig, HubertModel, T5Config
-from transformers.generation.streamers import BaseStreamer
 
 from hubert_gpt_training.tiny import tiny_config
 from modeling_hubert_gpt import HubertGptConfig, HubertGptForConditionalGeneration
@@ -102,19 +102,9 @@ def test_beam_search_batched_equals_single_and_sampling_is_seeded():
 
 
 def test_streamer_sees_exactly_the_generated_tokens():
-    class Collect(BaseStreamer):
-        def __init__(self):
-            self.tokens, self.ended = [], False
-
-        def put(self, value):
-            self.tokens += value.flatten().tolist()
-
-        def end(self):
-            self.ended = True
-
     model = build()
     values, _ = padded_batch([16000])
-    streamer = Collect()
+    streamer = CollectStreamer()
     out = model.generate(values, streamer=streamer)
     assert streamer.ended and streamer.tokens == out[0].tolist()
 
@@ -282,3 +272,15 @@ def test_bad_input_errors():
     with pytest.raises(TypeError, match="text_config must be"):
         HubertGptConfig(text_config="gpt_neox")
     assert isinstance(HubertGptConfig(text_config=GPTNeoXConfig(bos_token_id=0)).text_config, GPTNeoXConfig)
+
+
+@pytest.mark.parametrize("ctc_draft", [False, True])
+def test_max_length_left_in_the_config_is_not_a_bound(ctc_draft):
+    """Seq2SeqTrainer writes max_length=20 into model.generation_config; it must not cut (or break) decoding."""
+    model = build(bridge_type="ctc" if ctc_draft else "conv")
+    model.generation_config.eos_token_id = None  # every utterance runs to its own bound
+    model.generation_config.max_length = 20  # shorter than the speech prompt of a 1 s utterance
+    values, mask = padded_batch()
+    out = model.generate(values, mask, ctc_draft=ctc_draft)
+    assert out.shape[1] == 24  # int(4 * 1.0 + 20 + 0.5) for the longest utterance
+    assert model.generate(values, mask, max_new_tokens=5).shape[1] == 5

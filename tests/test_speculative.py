@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import make_audio
-from test_model import LENGTHS, build, padded_batch, strip
+from helpers import CollectStreamer, make_audio
 from transformers.generation.streamers import BaseStreamer
+from test_model import LENGTHS, build, padded_batch, strip
 
 from hubert_gpt_training.tiny import tiny_config
 from modeling_hubert_gpt import HubertGptASRPipeline, HubertGptForConditionalGeneration
@@ -168,19 +168,9 @@ def test_eos_stops_rows_at_different_steps_and_min_new_tokens(ctc_model):
 
 
 def test_streamer_sees_exactly_the_generated_tokens():
-    class Collect(BaseStreamer):
-        def __init__(self):
-            self.tokens, self.ended = [], False
-
-        def put(self, value):
-            self.tokens += value.flatten().tolist()
-
-        def end(self):
-            self.ended = True
-
     model = build(bridge_type="ctc")
     values, _ = padded_batch([16000])
-    streamer = Collect()
+    streamer = CollectStreamer()
     out = model.generate(values, ctc_draft=True, streamer=streamer)
     assert streamer.ended and streamer.tokens == out[0].tolist() == model.generate(values)[0].tolist()
 

@@ -78,6 +78,12 @@ def test_deepspeed_trains_and_saved_model_generates_the_same(tmp_path, stage):
     assert got["saved"] == got["in_memory"]
 
 
+def test_gradient_checkpointing_and_bf16_switches_train(tmp_path):
+    got = driver(tmp_path, "--use_cpu", "--gradient_checkpointing", "--bf16", "--max_steps", "3", "--logging_steps", "1")
+    assert got["results"]["global_step"] == 3 and all(loss == loss for loss in got["losses"])  # finite, not NaN
+    assert got["saved"] == got["in_memory"]
+
+
 def test_two_processes_train_on_sharded_data(tmp_path):
     launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                 "--master_port", str(29500 + os.getpid() % 1000))
