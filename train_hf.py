@@ -91,7 +91,7 @@ SMOKE = dict(max_steps=60, per_device_train_batch_size=8, per_device_eval_batch_
 
 RECIPE = dict(max_steps=4000, per_device_train_batch_size=16, per_device_eval_batch_size=32, learning_rate=2e-3,
               lr_scheduler_type="cosine", warmup_steps=200, weight_decay=0.01, logging_steps=25, eval_strategy="steps",
-              eval_steps=500, save_strategy="no", report_to="none", model_size="small", bridge="ctc",
+              eval_steps=500, save_strategy="no", report_to="none", model_size="small", bridge="conv",
               ctc_loss_weight=1.0, max_train_minutes=20, eval_split="test")
 PRESETS = {"smoke": SMOKE, "recipe": RECIPE}
 

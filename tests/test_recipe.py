@@ -60,11 +60,11 @@ def test_shortened_recipe_learns_and_writes_a_loadable_folder(tmp_path):
     results = json.loads((out / "results.json").read_text())
     losses = [row["loss"] for row in results["log_history"] if "loss" in row]
     assert len(losses) == 8 and losses[-1] < 0.8 * losses[0]
-    assert results["dataset_name"] == "ja-synth" and results["split"] == "test" and results["bridge_type"] == "ctc"
+    assert results["dataset_name"] == "ja-synth" and results["split"] == "test" and results["bridge_type"] == "conv"
     assert [row["step"] for row in results["log_history"] if "eval_cer" in row] == [20, 40]
     assert (out / "training_curves.png").stat().st_size > 10_000
     model = HubertGptForConditionalGeneration.from_pretrained(out)
-    assert model.config.bridge_type == "ctc" and model.config.ctc_loss_weight == 1.0
+    assert model.config.bridge_type == "conv" and model.config.audio_config.hidden_size == 64  # --model_size tiny
 
 
 def test_transcribe_cli_reports_bad_files_and_goes_on(tmp_path):
