@@ -326,7 +326,8 @@ def run(argv):
     started = time.time()
 
     work_dir = os.path.join(targs.output_dir, "work")
-    train, evaluation = load_data(dargs, rargs, 16000, targs.seed)
+    with targs.main_process_first(desc="data"):  # one rank builds the corpus and the dataset caches, then the rest
+        train, evaluation = load_data(dargs, rargs, 16000, targs.seed)
     texts = train["text"] if hasattr(train, "__len__") else [row["text"] for row in train.take(10000)]
     with targs.main_process_first(desc="build model"), whole_model_init(targs):
         model, processor = build_model(margs, texts, work_dir)
