@@ -284,13 +284,14 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
     def min_input_samples(self):
         """The fewest audio samples that give at least one bridge frame."""
         audio = self.config.audio_config
-        frames = 1
-        for kernel, stride in reversed(list(zip(self.config.bridge_conv_kernel_size, self.config.bridge_conv_stride))):
-            frames = (frames - 1) * stride + kernel if self.config.bridge_type == "conv" else frames
-        samples = frames
-        for kernel, stride in reversed(list(zip(audio.conv_kernel, audio.conv_stride))):
-            samples = (samples - 1) * stride + kernel
-        return samples
+        length = 1  # one bridge frame; the CTC bridge keeps at least one encoder frame
+        stacks = [(audio.conv_kernel, audio.conv_stride)]  # walked back from the output: bridge first, then encoder
+        if self.config.bridge_type == "conv":
+            stacks.insert(0, (self.config.bridge_conv_kernel_size, self.config.bridge_conv_stride))
+        for kernels, strides in stacks:
+            for kernel, stride in reversed(list(zip(kernels, strides))):
+                length = (length - 1) * stride + kernel
+        return length
 
     def max_new_tokens_for(self, sample_lengths):
         """nue-asr's generation bound per utterance: int(per_second * seconds + base + 0.5)."""
