@@ -12,6 +12,11 @@ lengths vary as in real corpora), in two orders, from the same initial weights:
 Reported side by side: wall time of the epoch (forward + backward + AdamW step), real audio seconds per wall second,
 and the share of padded positions: encoder input samples (right-padded audio) and LLM positions (speech prompt +
 [bos]/[sep] + transcript + eos, padded to the batch's longest).
+
+A short epoch understates what grouping does: transformers sorts megabatches of min(50, N // (4 * batch)) batches,
+so 64 utterances are sorted in pairs of batches. The padding shares are therefore also computed, from lengths
+alone (no training), for an epoch of the embedded recipe's size (--scale_utterances, default 2944 = the 2-hour
+corpus' train split, at --scale_batch 16).
 """
 
 import argparse
@@ -23,12 +28,13 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import RandomSampler  # noqa: E402
 from transformers.trainer_pt_utils import LengthGroupedSampler  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from hubert_gpt_training.synthetic import SMOKE_ALPHABET, tone_rows  # noqa: E402
+from hubert_gpt_training.synthetic import SMOKE_ALPHABET, tone_rows, tone_utterance  # noqa: E402
 from hubert_gpt_training.tiny import tiny_config  # noqa: E402
 from modeling_hubert_gpt import HubertGptForConditionalGeneration  # noqa: E402
 
@@ -59,11 +65,42 @@ def batches(order, batch_size):
     return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
 
+def pad_counts(sample_lengths, llm_lengths):
+    """(real, padded) encoder samples and LLM positions of one batch, from per-utterance lengths (B,)."""
+    batch = len(sample_lengths)
+    return (int(sample_lengths.sum()), batch * int(sample_lengths.max()),
+            int(llm_lengths.sum()), batch * int(llm_lengths.max()))
+
+
+def pad_shares(counts):
+    real_samples, padded_samples, real_llm, padded_llm = map(sum, zip(*counts))
+    return {"encoder_pad_share": 1 - real_samples / padded_samples, "llm_pad_share": 1 - real_llm / padded_llm}
+
+
+def orders(lengths, batch, seed):
+    n = len(lengths)
+    return {
+        "random": list(RandomSampler(range(n), generator=torch.Generator().manual_seed(seed))),
+        "grouped": list(LengthGroupedSampler(batch, lengths=lengths, generator=torch.Generator().manual_seed(seed))),
+    }
+
+
+def padding_at_scale(model, n, batch, seed):
+    """Padding shares of both orders for n tone utterances (lengths only: no audio is made, nothing trains)."""
+    rng = np.random.default_rng(seed)
+    chars = rng.integers(2, 17, size=n)  # as tone_rows(min_chars=2, max_chars=16)
+    samples = torch.as_tensor(chars) * len(tone_utterance("あ", rng))  # each character is one fixed-length tone
+    speech = model.bridge.output_lengths(model.encoder_output_lengths(samples))
+    llm = speech + 2 + torch.as_tensor(chars) + 1  # [bos] + speech + [sep] + transcript + eos
+    return {name: pad_shares([pad_counts(samples[idx], llm[idx]) for idx in batches(order, batch)])
+            for name, order in orders(samples.tolist(), batch, seed).items()}
+
+
 def run_epoch(model, rows, index_batches, lr=1e-3):
     """Train one epoch; returns wall seconds, real audio seconds, padding shares (encoder samples, LLM positions)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
-    real_samples = padded_samples = real_llm = padded_llm = 0
+    counts = []
     start = time.perf_counter()
     for idx in index_batches:
         values, mask, labels = collate([rows[i] for i in idx])
@@ -71,21 +108,17 @@ def run_epoch(model, rows, index_batches, lr=1e-3):
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
-        lengths = mask.sum(-1)
-        real_samples += int(lengths.sum())
-        padded_samples += values.numel()
         llm = out.speech_lengths + 2 + (labels != -100).sum(-1)  # [bos] + speech + [sep] + transcript + eos
-        real_llm += int(llm.sum())
-        padded_llm += len(idx) * int(llm.max())
+        counts.append(pad_counts(mask.sum(-1), llm))
     wall = time.perf_counter() - start
+    real_samples, padded_samples = sum(c[0] for c in counts), sum(c[1] for c in counts)
     return {
         "steps": len(index_batches),
         "wall_s": wall,
         "audio_s": real_samples / RATE,
         "audio_s_per_s": real_samples / RATE / wall,
         "padded_audio_s": padded_samples / RATE,
-        "encoder_pad_share": 1 - real_samples / padded_samples,
-        "llm_pad_share": 1 - real_llm / padded_llm,
+        **pad_shares(counts),
         "final_loss": out.loss.item(),
     }
 
@@ -99,6 +132,8 @@ def main(argv=None):
     parser.add_argument("--bridge", choices=["conv", "ctc"], default="conv")
     parser.add_argument("--width", type=int, help="model width (default 64 quick, 128)")
     parser.add_argument("--layers", type=int, help="layers of encoder and LLM each (default 2 quick, 4)")
+    parser.add_argument("--scale_utterances", type=int, default=2944, help="epoch size for the padding-only count")
+    parser.add_argument("--scale_batch", type=int, default=16, help="batch size for the padding-only count")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: steady timings on a shared machine)")
     args = parser.parse_args(argv)
@@ -117,12 +152,8 @@ def main(argv=None):
     lengths = [len(r["audio"]["array"]) for r in rows]
     torch.manual_seed(args.seed)
     initial = HubertGptForConditionalGeneration(config).state_dict()
-    orders = {
-        "random": list(RandomSampler(range(n), generator=torch.Generator().manual_seed(args.seed))),
-        "grouped": list(LengthGroupedSampler(batch, lengths=lengths, generator=torch.Generator().manual_seed(args.seed))),
-    }
     results = {}
-    for name, order in orders.items():
+    for name, order in orders(lengths, batch, args.seed).items():
         model = HubertGptForConditionalGeneration(config)
         model.load_state_dict(initial)
         run_epoch(model, rows, [order[:batch]])  # warm-up step, not counted
@@ -149,6 +180,11 @@ def main(argv=None):
         "grouped_speedup": results["grouped"]["audio_s_per_s"] / results["random"]["audio_s_per_s"],
     }
     print(f"\ngrouped / random throughput: {summary['grouped_speedup']:.2f}x")
+    scale = padding_at_scale(model, args.scale_utterances, args.scale_batch, args.seed)
+    summary["padding_at_scale"] = {"utterances": args.scale_utterances, "batch": args.scale_batch, **scale}
+    print(f"\npadding for an epoch of {args.scale_utterances} utterances at batch {args.scale_batch} (lengths only):")
+    for name, r in scale.items():
+        print(f"  {name:<8} encoder {100 * r['encoder_pad_share']:5.1f}%   LLM {100 * r['llm_pad_share']:5.1f}%")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=2)

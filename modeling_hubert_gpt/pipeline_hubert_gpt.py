@@ -157,6 +157,24 @@ def _resample(audio, rate, target_rate):
 
 
 # --- the pipeline -------------------------------------------------------------------------------------------------
+def input_duration_s(inputs, sampling_rate):
+    """Seconds of audio in one pipeline input, read without decoding it (file headers, array shapes); 0.0 when it
+    cannot be told (the input's own error is raised later, when it is decoded)."""
+    try:
+        if isinstance(inputs, (str, os.PathLike, bytes, bytearray)):
+            import soundfile
+
+            info = soundfile.info(io.BytesIO(inputs) if isinstance(inputs, (bytes, bytearray)) else os.fspath(inputs))
+            return info.frames / info.samplerate
+        if isinstance(inputs, dict):
+            audio, sampling_rate = inputs.get("raw", inputs.get("array")), inputs["sampling_rate"]
+        else:
+            audio = inputs
+        return max(audio.shape) / sampling_rate  # (samples,), (channels, samples) or (samples, channels)
+    except Exception:  # any unreadable input sorts as empty
+        return 0.0
+
+
 def _single_item(items):
     return items[0]
 
@@ -177,7 +195,9 @@ class HubertGptASRPipeline(AutomaticSpeechRecognitionPipeline):
             the chunk transcripts on their shared tokens.
         stride_length_s (`float` or `(left, right)`, defaults to chunk_length_s / 6 each side): the overlap of
             consecutive chunks is left + right (only the sum matters: the merge aligns tokens, not times).
-        batch_size (`int`): chunks / inputs per `generate` call, padded with an attention mask.
+        batch_size (`int`): chunks / inputs per `generate` call, padded with an attention mask. A list of inputs
+            is transcribed longest first, so that each batch holds similar lengths (little padding); the outputs
+            come back in the order of the inputs.
         generate_kwargs (`dict`) or generation keywords (`num_beams=3`, ...): passed to `generate`. Nothing is
             added: the model's generation_config decides the rest.
     Output: `{"text": str}`.
@@ -188,12 +208,23 @@ class HubertGptASRPipeline(AutomaticSpeechRecognitionPipeline):
     def __init__(self, model, feature_extractor=None, tokenizer=None, device=None, **kwargs):
         if feature_extractor is None or tokenizer is None:
             raise ValueError("HubertGptASRPipeline needs both a feature_extractor and a tokenizer")
+        self.default_batch_size = kwargs.get("batch_size") or 1  # the base class keeps it to itself
         super().__init__(model, feature_extractor=feature_extractor, tokenizer=tokenizer, device=device, **kwargs)
         self.type = "seq2seq"  # the parent guessed "ctc" from the class name; we generate
 
     def __call__(self, inputs, **kwargs):
         """Transcribe one input (-> `{"text": str}`) or a list of them (-> list); see the class docstring."""
-        return super().__call__(inputs, **kwargs)
+        batch_size = kwargs.get("batch_size") or self.default_batch_size
+        if not isinstance(inputs, list) or batch_size == 1 or len(inputs) <= batch_size:
+            return super().__call__(inputs, **kwargs)
+        rate = self.feature_extractor.sampling_rate
+        durations = [input_duration_s(x, rate) for x in inputs]
+        order = sorted(range(len(inputs)), key=lambda i: -durations[i])  # stable: equal lengths keep their order
+        outputs = super().__call__([inputs[i] for i in order], **kwargs)
+        unsorted = [None] * len(inputs)
+        for position, index in enumerate(order):
+            unsorted[index] = outputs[position]
+        return unsorted
 
     def _sanitize_parameters(
         self,

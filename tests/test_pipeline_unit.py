@@ -278,7 +278,35 @@ def test_batched_inputs_are_padded_with_an_attention_mask(pipe, model):
     batched = pipe(audios, batch_size=3)
     assert batched == one_by_one == [{"text": text(words)} for words in word_lists]
     assert model.calls[-1]["batch"] == 3
-    assert model.calls[-1]["lengths"] == [6 * SEGMENT, 2 * SEGMENT, 9 * SEGMENT]
+    assert model.calls[-1]["lengths"] == [6 * SEGMENT, 2 * SEGMENT, 9 * SEGMENT]  # one batch: nothing to sort
+
+
+@pytest.mark.parametrize("as_files", [False, True])
+def test_batches_hold_similar_lengths_and_outputs_keep_the_input_order(pipe, model, tmp_path, as_files):
+    word_counts = [2, 9, 4, 8, 1, 7, 3]
+    word_lists = [WORDS[i : i + n] for i, n in enumerate(word_counts)]
+    inputs = [speech(words) for words in word_lists]
+    if as_files:
+        for i, audio in enumerate(inputs):
+            soundfile.write(tmp_path / f"{i}.wav", audio, RATE, subtype="FLOAT")
+        inputs = [str(tmp_path / f"{i}.wav") for i in range(len(inputs))]
+    one_by_one = [pipe(x) for x in inputs]
+    del model.calls[:]
+    assert pipe(inputs, batch_size=2) == one_by_one == [{"text": text(words)} for words in word_lists]
+    assert [call["lengths"] for call in model.calls] == [[9 * SEGMENT, 8 * SEGMENT], [7 * SEGMENT, 4 * SEGMENT],
+                                                         [3 * SEGMENT, 2 * SEGMENT], [1 * SEGMENT]]
+    pipe_with_default = HubertGptASRPipeline(model=model, tokenizer=pipe.tokenizer,
+                                             feature_extractor=pipe.feature_extractor, batch_size=2)
+    del model.calls[:]
+    assert pipe_with_default(inputs) == one_by_one
+    assert [call["lengths"][0] for call in model.calls] == [9 * SEGMENT, 7 * SEGMENT, 3 * SEGMENT, 1 * SEGMENT]
+
+
+def test_unreadable_input_in_a_sorted_batch_still_names_itself(pipe, tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio")
+    with pytest.raises(ValueError, match="bad.wav"):
+        pipe([speech(WORDS[:3]), str(bad), speech(WORDS[:5])], batch_size=2)
 
 
 def test_batched_chunks_of_several_inputs(pipe):
