@@ -44,7 +44,13 @@ class ModelArguments:
     model_size: str = field(default="tiny", metadata={"help": "random-init size when no pretrained model is given",
                                                       "choices": ["tiny", "small"]})
     bridge: str = field(default="conv", metadata={"help": "conv or ctc (new models only)", "choices": ["conv", "ctc"]})
-    ctc_loss_weight: float | None = field(default=None, metadata={"help": "aux CTC loss weight (ctc bridge)"})
+    audio_frontend: str = field(default="conv", metadata={
+        "help": "random-init encoders: conv (HuBERT's conv stack on raw audio) or log_mel (learns far faster from "
+                "scratch)", "choices": ["conv", "log_mel"]})
+    ctc_head: bool = field(default=False, metadata={
+        "help": "conv bridge: also train a CTC head on the encoder (aux CTC loss); its hypothesis drafts for lossless "
+                "speculative decoding, generate(ctc_draft=True). An existing checkpoint gets a new, untrained head"})
+    ctc_loss_weight: float | None = field(default=None, metadata={"help": "aux CTC loss weight (models with a CTC head)"})
     vocab_size: int = field(default=200, metadata={"help": "sentencepiece size for a random-init model's tokenizer"})
     freeze_encoder: bool = field(default=False, metadata={"help": "keep the speech encoder fixed"})
     freeze_bridge: bool = field(default=False, metadata={"help": "keep the bridge fixed"})
@@ -92,7 +98,7 @@ SMOKE = dict(max_steps=60, per_device_train_batch_size=8, per_device_eval_batch_
 RECIPE = dict(max_steps=4000, per_device_train_batch_size=16, per_device_eval_batch_size=32, learning_rate=2e-3,
               lr_scheduler_type="cosine", warmup_steps=200, weight_decay=0.01, logging_steps=25, eval_strategy="steps",
               eval_steps=500, save_strategy="no", report_to="none", model_size="small", bridge="conv",
-              ctc_loss_weight=1.0, max_train_minutes=20, eval_split="test")
+              audio_frontend="log_mel", ctc_head=True, ctc_loss_weight=1.0, max_train_minutes=20, eval_split="test")
 PRESETS = {"smoke": SMOKE, "recipe": RECIPE}
 
 
@@ -129,6 +135,8 @@ def build_model(margs, train_texts, work_dir):
     from modeling_hubert_gpt import HubertGptConfig, HubertGptForConditionalGeneration, HubertGptProcessor
 
     extra = {} if margs.ctc_loss_weight is None else {"ctc_loss_weight": margs.ctc_loss_weight}
+    if margs.ctc_head:
+        extra["ctc_head"] = True
     if margs.model_name_or_path:
         processor = AutoProcessor.from_pretrained(margs.model_name_or_path, trust_remote_code=True)
         model = HubertGptForConditionalGeneration.from_pretrained(margs.model_name_or_path, **extra)
@@ -148,9 +156,11 @@ def build_model(margs, train_texts, work_dir):
     from hubert_gpt_training.tokenizer import train_tokenizer
 
     tokenizer = train_tokenizer(train_texts, os.path.join(work_dir, "tokenizer"), vocab_size=margs.vocab_size)
-    # The conv front end on raw 16 kHz audio dominates an encoder this small: keep its channels few.
+    # A conv stack on raw 16 kHz audio would dominate an encoder this small: keep its channels few (with log_mel,
+    # conv_dim[-1] is the front end's output width).
     width, layers, conv_dim = (64, 2, 32) if margs.model_size == "tiny" else (192, 4, 48)
-    config = tiny_config(margs.bridge, tokenizer=tokenizer, width=width, layers=layers, conv_dim=conv_dim, **extra)
+    config = tiny_config(margs.bridge, tokenizer=tokenizer, width=width, layers=layers, conv_dim=conv_dim,
+                         audio_frontend=margs.audio_frontend, **extra)
     # From scratch, zero-mean unit-variance audio (per utterance, real samples only) trains faster.
     feature_extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
                                                  do_normalize=True, return_attention_mask=True)
@@ -358,11 +368,14 @@ def run(argv):
         "eval_loss": metrics.get("test_loss"), "dataset_name": dataset_label,
         "split": "generated eval set" if rargs.preset == "smoke" else dargs.eval_split or f"held-out {len(evaluation)} of {dargs.train_split}",
         "bridge_type": base.config.bridge_type, "global_step": trainer.state.global_step,
-        "train_loss": train_result.training_loss, "train_runtime_s": round(time.time() - started, 1),
+        "train_loss": train_result.training_loss, "train_runtime_s": round(train_result.metrics["train_runtime"], 1),
+        "wall_s": round(time.time() - started, 1),  # data + model build + training + test evaluation
         "parameters": parameters, "log_history": history.rows,
     }
     summary = {"model_name": targs.hub_model_id or os.path.basename(os.path.abspath(targs.output_dir)),
-               "bridge_type": base.config.bridge_type, "steps": trainer.state.global_step,
+               "bridge_type": base.config.bridge_type, "audio_frontend": base.config.audio_frontend,
+               "ctc_head": base.config.ctc_head,
+               "steps": trainer.state.global_step,
                "learning_rate": targs.learning_rate, "batch_size": targs.per_device_train_batch_size,
                "deepspeed": targs.deepspeed, "lora": margs.lora, "frozen": [n for n in ("encoder", "bridge", "llm")
                                                                              if getattr(margs, f"freeze_{n}")],

@@ -3,7 +3,8 @@
 
     python bench/inference.py --quick --json /tmp/b.json      # < 1 min on 2 CPU cores
     python bench/inference.py --json bench.json               # a bigger random model, more and longer audio
-    python bench/inference.py --model runs/smoke/export       # a trained folder (its own tokenizer and bridge)
+    python bench/inference.py --model runs/default --dataset data/ja-synth-2h-seed42-1257154b   # a trained folder on
+                                                              # its own test split (real speech; tokenizer and bridge its own)
 
 Variants (each checked against its model's one-at-a-time greedy transcript; any difference exits 1, loudly):
   baseline       nue-asr style: one utterance at a time, conv bridge, plain greedy `generate`
@@ -131,6 +132,16 @@ def measure(fn, device):
 def make_audios(n, low, high, seed):
     rng = np.random.default_rng(seed)
     return [make_audio(float(s), seed=seed * 1000 + i) for i, s in enumerate(rng.uniform(low, high, size=n))]
+
+
+def dataset_audios(path, split, n):
+    """The first n utterances of a split, decoded and resampled to 16 kHz by the training data loader."""
+    from hubert_gpt_training.data import load_source, prepare
+
+    rows = prepare(load_source(disk_path=path, split=split), sampling_rate=RATE)
+    if len(rows) < n:
+        raise ValueError(f"{path} [{split}] has {len(rows)} usable utterances; --utterances asks for {n}")
+    return [np.asarray(a, dtype=np.float32) for a in rows.select(range(n))["audio"]]
 
 
 def word_tokenizer(vocab_size):
@@ -313,6 +324,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="smaller model, 16 short utterances (< 1 min on 2 cores)")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--model", help="a trained hubert-gpt folder instead of random weights")
+    parser.add_argument("--dataset", help="a datasets.save_to_disk folder: benchmark on its utterances (with --model)")
+    parser.add_argument("--split", default="test", help="the --dataset split (default test)")
     parser.add_argument("--utterances", type=int, help="how many utterances (default 16 quick, 48 full)")
     parser.add_argument("--seconds", type=float, nargs=2, help="utterance length range (default 1-4 s quick, 2-8 s)")
     parser.add_argument("--width", type=int, help="random model width (default 128 quick, 256 full)")
@@ -339,7 +352,9 @@ def main(argv=None):
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
     started = time.perf_counter()
 
-    audios = make_audios(n, low, high, args.seed)
+    if args.dataset and not args.model:
+        parser.error("--dataset needs --model: random weights transcribe speech as well as noise")
+    audios = dataset_audios(args.dataset, args.split, n) if args.dataset else make_audios(n, low, high, args.seed)
     audio_s = sum(len(a) for a in audios) / RATE
     if args.model:
         from transformers import AutoProcessor
@@ -348,7 +363,7 @@ def main(argv=None):
         processor = AutoProcessor.from_pretrained(args.model)
         tokenizer, extractor = processor.tokenizer, processor.feature_extractor
         models = {model.config.bridge_type: model}
-        model_label = args.model
+        model_label = args.model + (f" on {args.dataset} [{args.split}]" if args.dataset else "")
     else:
         conv, ctc = random_models(width, layers, vocab, args.seed)
         conv, ctc = conv.to(device), ctc.to(device)
@@ -356,6 +371,9 @@ def main(argv=None):
         tokenizer, extractor = word_tokenizer(vocab), feature_extractor()
         models = {"conv": conv, "ctc": ctc}
         model_label = f"random width {width}, {layers}+{layers} layers, vocab {vocab}"
+    # What generate() gets: each utterance through the model's own feature extractor (a trained recipe normalises
+    # per utterance), as the pipeline does inside its timed calls; padding these with zeros is what a batch is.
+    inputs = [extractor(a, sampling_rate=RATE)["input_values"][0].astype(np.float32) for a in audios]
     llm_params = sum(p.numel() for p in next(iter(models.values())).language_model.parameters())
     log(f"{n} utterances, {audio_s:.1f} s of audio; model: {model_label} (LLM {llm_params / 1e6:.2f} M params); "
         f"device {device}")
@@ -379,17 +397,17 @@ def main(argv=None):
         return text
 
     def warm(model, **kwargs):
-        model.generate(torch.from_numpy(audios[0])[None].to(device), max_new_tokens=2, **kwargs)
+        model.generate(torch.from_numpy(inputs[0])[None].to(device), max_new_tokens=2, **kwargs)
 
     baselines = {}
     for bridge, model in models.items():
         warm(model)
         label = "baseline (1 at a time)" if bridge == "conv" else "ctc baseline (1 at a time)"
-        (tokens, _), wall, peak = measure(lambda: run_generate(model, audios, 1, device), device)
+        (tokens, _), wall, peak = measure(lambda: run_generate(model, inputs, 1, device), device)
         text = record(label, bridge, 1, wall, peak, tokens)
         baselines[bridge] = (text, tokens, wall)
         for batch in (4, 16):
-            (out, _), wall, peak = measure(lambda: run_generate(model, audios, batch, device), device)
+            (out, _), wall, peak = measure(lambda: run_generate(model, inputs, batch, device), device)
             record(f"{bridge} generate b{batch}", bridge, batch, wall, peak, out, baseline=baselines[bridge])
         if bridge == "conv" or len(models) == 1:
             asr = HubertGptASRPipeline(model=model, tokenizer=tokenizer, feature_extractor=extractor, device=device)
@@ -404,7 +422,7 @@ def main(argv=None):
         warm(model, ctc_draft=True)
         result = {}
         for batch in (1, 16):
-            (out, spec), wall, peak = measure(lambda: run_generate(model, audios, batch, device, ctc_draft=True), device)
+            (out, spec), wall, peak = measure(lambda: run_generate(model, inputs, batch, device, ctc_draft=True), device)
             record(f"{tag}spec b{batch}", "ctc", batch, wall, peak, out, baseline=baseline, spec=spec)
             result[f"b{batch}"] = dict(spec, wall_s=wall)
         rng = np.random.default_rng(args.seed)
@@ -419,7 +437,7 @@ def main(argv=None):
 
             def run():
                 out = []
-                for audio, draft in zip(audios, drafts):
+                for audio, draft in zip(inputs, drafts):
                     row = model.generate(torch.from_numpy(audio)[None].to(device), ctc_draft=True, draft_override=[draft])
                     stats = model.last_generate_stats
                     spec["passes"] += stats["llm_forward_passes"]
@@ -437,7 +455,7 @@ def main(argv=None):
         spec_summary["ctc"] = speculate(models["ctc"], "ctc ", baselines["ctc"])
 
     # --- conv vs CTC bridge: prompt length and prefill ----------------------------------------------------------------
-    prefill = {bridge: prefill_cost(model, audios[:16], device) for bridge, model in models.items()}
+    prefill = {bridge: prefill_cost(model, inputs[:16], device) for bridge, model in models.items()}
 
     paper = None
     if device.type == "cuda" and not args.no_paper_scale:

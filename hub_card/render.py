@@ -23,6 +23,8 @@ BRIDGE_DESCRIPTIONS = {
 # training_summary keys shown with a readable label, in this order; other keys follow under their own name.
 RECIPE_LABELS = {
     "bridge_type": "Bridge",
+    "audio_frontend": "Encoder front end",
+    "ctc_head": "CTC head (aux loss; drafts for `ctc_draft=True`)",
     "hours_of_audio": "Training audio (hours)",
     "train_utterances": "Training utterances",
     "epochs": "Epochs",

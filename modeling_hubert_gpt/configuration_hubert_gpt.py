@@ -16,6 +16,7 @@ _DEFAULT_TEXT_CONFIG = {
     "pad_token_id": 3,
 }
 
+AUDIO_FRONTENDS = ("conv", "log_mel")
 BRIDGE_TYPES = ("conv", "ctc")
 
 
@@ -42,6 +43,13 @@ class HubertGptConfig(PretrainedConfig):
         text_config (`PretrainedConfig` or `dict`, *optional*):
             The causal language model's config: anything `AutoModelForCausalLM` knows. Defaults to the shape of
             rinna/japanese-gpt-neox-3.6b.
+        audio_frontend (`str`, *optional*, defaults to `"conv"`):
+            `"conv"`: the encoder's own conv stack on raw audio (what pretrained encoders have).
+            `"log_mel"`: a log-mel spectrogram (one frame per encoder frame) + Conv1d + LayerNorm + GELU in place of
+            the conv stack, for encoders trained from scratch: it learns many times faster than a conv stack on raw
+            audio and costs a fraction of its compute. Frames are counted as the conv stack counts them.
+        log_mel_bins (`int`, *optional*, defaults to 80):
+            Mel bands of the `"log_mel"` front end.
         bridge_type (`str`, *optional*, defaults to `"conv"`):
             `"conv"`: strided Conv1d + GELU layers, then a Linear to the LLM width (50 Hz -> 12.5 Hz).
             `"ctc"`: a CTC head over the LLM vocabulary plus blank; blank frames are dropped, then a Linear.
@@ -49,12 +57,18 @@ class HubertGptConfig(PretrainedConfig):
             Kernel size of each bridge Conv1d (conv bridge).
         bridge_conv_stride (`list[int]`, *optional*, defaults to `[2, 2]`):
             Stride of each bridge Conv1d (conv bridge).
+        ctc_head (`bool`, *optional*):
+            Whether the model has a CTC head over the LLM vocabulary (+ blank) on the encoder frames. The ctc bridge
+            always has one (it picks the frames); a conv bridge gets one with `ctc_head=True`: trained by the
+            auxiliary CTC loss, it adds nothing to the speech prompt, but its greedy hypothesis is the draft of
+            `generate(..., ctc_draft=True)` (lossless speculative decoding). Defaults to `bridge_type == "ctc"`.
         ctc_blank_id (`int`, *optional*):
             Index of the blank label in the CTC head's output. Defaults to `text_config.vocab_size`, an extra class.
         ctc_merge_repeats (`bool`, *optional*, defaults to `True`):
             Average runs of consecutive frames with the same CTC label into one frame (ctc bridge).
         ctc_loss_weight (`float`, *optional*, defaults to `0.3`):
-            Weight of the auxiliary CTC loss added to the LLM loss in training (ctc bridge; 0 turns it off).
+            Weight of the auxiliary CTC loss added to the LLM loss in training (models with a CTC head; 0 turns it
+            off).
         prompt_bos_token_id (`int`, *optional*):
             Token placed before the speech in the LLM prompt. Defaults to `text_config.bos_token_id`.
         prompt_sep_token_id (`int`, *optional*):
@@ -79,8 +93,11 @@ class HubertGptConfig(PretrainedConfig):
         audio_config=None,
         text_config=None,
         bridge_type="conv",
+        audio_frontend="conv",
+        log_mel_bins=80,
         bridge_conv_kernel_size=(4, 4),
         bridge_conv_stride=(2, 2),
+        ctc_head=None,
         ctc_blank_id=None,
         ctc_merge_repeats=True,
         ctc_loss_weight=0.3,
@@ -109,6 +126,13 @@ class HubertGptConfig(PretrainedConfig):
                 f"{list(bridge_conv_stride)} must have the same length (one entry per Conv1d)"
             )
         self.bridge_type = bridge_type
+        if bridge_type == "ctc" and ctc_head is False:
+            raise ValueError("ctc_head=False with bridge_type='ctc': the CTC bridge needs its CTC head to pick frames")
+        self.ctc_head = bridge_type == "ctc" if ctc_head is None else bool(ctc_head)
+        if audio_frontend not in AUDIO_FRONTENDS:
+            raise ValueError(f"audio_frontend must be one of {AUDIO_FRONTENDS}, got {audio_frontend!r}")
+        self.audio_frontend = audio_frontend
+        self.log_mel_bins = log_mel_bins
         self.bridge_conv_kernel_size = list(bridge_conv_kernel_size)
         self.bridge_conv_stride = list(bridge_conv_stride)
         vocab_size = self.text_config.vocab_size

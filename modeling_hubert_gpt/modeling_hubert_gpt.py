@@ -5,6 +5,7 @@ Da encoder width, Dt LLM width, V LLM vocabulary.
 """
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -20,6 +21,7 @@ from transformers import (
     StoppingCriteria,
     StoppingCriteriaList,
 )
+from transformers.audio_utils import mel_filter_bank
 from transformers.utils import ModelOutput, logging
 
 from .configuration_hubert_gpt import HubertGptConfig
@@ -33,6 +35,56 @@ def conv_output_lengths(lengths, kernel_sizes, strides):
         lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
         lengths = lengths.clamp(min=0)
     return lengths
+
+
+def receptive_field(kernel_sizes, strides):
+    """Input samples one output frame of a stack of Conv1d layers sees."""
+    field = 1
+    for kernel, stride in zip(reversed(kernel_sizes), reversed(strides)):
+        field = (field - 1) * stride + kernel
+    return field
+
+
+class LogMelFrontEnd(nn.Module):
+    """`audio_frontend="log_mel"`: a log-mel spectrogram + Conv1d(k=3) + LayerNorm + GELU in place of the conv stack.
+
+    One STFT frame per encoder frame (the conv stack's hop and window: 320 and 400 samples for HuBERT), counted as
+    the conv stack counts them, so every length, mask and bridge downstream is unchanged. Output (B, C, T) with C the
+    conv stack's last width, as the encoder's feature projection expects.
+    """
+
+    def __init__(self, audio_config, num_bins, sampling_rate):
+        super().__init__()
+        self.kernel_sizes, self.strides = list(audio_config.conv_kernel), list(audio_config.conv_stride)
+        self.hop = math.prod(self.strides)
+        self.window = receptive_field(self.kernel_sizes, self.strides)
+        self.n_fft = 2 ** math.ceil(math.log2(self.window))
+        self.num_bins, self.sampling_rate = num_bins, sampling_rate
+        self._tables = None  # (Hann window, mel matrix): fixed, built on first use (not weights: nothing to save)
+        width = audio_config.conv_dim[-1]
+        self.proj = nn.Conv1d(num_bins, width, kernel_size=3, padding=1)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, input_values):
+        """input_values (B, S) -> features (B, C, T)."""
+        frames = int(conv_output_lengths(torch.tensor(input_values.shape[1]), self.kernel_sizes, self.strides))
+        # Zeros after the end give one STFT frame past the last counted one (the Conv1d's right neighbour), the same
+        # zeros a padded batch has there: a padded utterance gets exactly its features when run alone.
+        needed = frames * self.hop + self.n_fft
+        audio = F.pad(input_values.float(), (0, max(0, needed - input_values.shape[1])))
+        window, mel = self.tables(audio.device)
+        spec = torch.stft(audio, self.n_fft, self.hop, self.window, window, center=False, return_complex=True)
+        power = torch.view_as_real(spec).pow(2).sum(-1)  # |X|^2 (B, F, T+1), without complex abs's sqrt (slow on CPU)
+        log_mel = torch.log(mel @ power + 1e-6)  # (M, F) @ (B, F, T+1) -> (B, M, T+1)
+        hidden = self.proj(log_mel.to(self.proj.weight.dtype))[..., :frames]  # (B, C, T)
+        return F.gelu(self.norm(hidden.transpose(1, 2))).transpose(1, 2)
+
+    def tables(self, device):
+        if self._tables is None or self._tables[0].device != device:
+            mel = mel_filter_bank(self.n_fft // 2 + 1, self.num_bins, 0.0, self.sampling_rate / 2, self.sampling_rate)
+            self._tables = (torch.hann_window(self.window, device=device),
+                            torch.tensor(mel.T, dtype=torch.float32, device=device))  # (M, F)
+        return self._tables
 
 
 class UtteranceGroupNorm(nn.GroupNorm):
@@ -62,7 +114,11 @@ class UtteranceGroupNorm(nn.GroupNorm):
 
 
 class HubertGptConvBridge(nn.Module):
-    """Strided Conv1d + GELU layers (50 Hz -> 12.5 Hz by default), then a Linear to the LLM width."""
+    """Strided Conv1d + GELU layers (50 Hz -> 12.5 Hz by default), then a Linear to the LLM width.
+
+    With `config.ctc_head`, also a CTC head on the encoder frames: its logits feed the auxiliary CTC loss and the
+    speculative draft; the speech prompt does not depend on it.
+    """
 
     def __init__(self, config):
         super().__init__()
@@ -73,17 +129,20 @@ class HubertGptConvBridge(nn.Module):
             nn.Conv1d(width, width, kernel_size=k, stride=s) for k, s in zip(self.kernel_sizes, self.strides)
         )
         self.proj = nn.Linear(width, config.text_config.hidden_size)
+        self.ctc_head = nn.Linear(width, config.ctc_num_labels) if config.ctc_head else None
 
     def output_lengths(self, frame_lengths):
         return conv_output_lengths(frame_lengths, self.kernel_sizes, self.strides)
 
     def forward(self, hidden, frame_lengths):
-        """hidden (B, T, Da), frame_lengths (B,) -> speech (B, T', Dt), speech_lengths (B,), ctc logits None."""
+        """hidden (B, T, Da), frame_lengths (B,) -> speech (B, T', Dt), speech_lengths (B,), ctc logits (B, T, V+1)
+        or None."""
+        ctc_logits = None if self.ctc_head is None else self.ctc_head(hidden)
         hidden = hidden.transpose(1, 2)  # (B, Da, T): channels first for Conv1d
         for conv in self.convs:
             hidden = F.gelu(conv(hidden))
         hidden = hidden.transpose(1, 2)  # (B, T', Da)
-        return self.proj(hidden), self.output_lengths(frame_lengths), None
+        return self.proj(hidden), self.output_lengths(frame_lengths), ctc_logits
 
 
 class HubertGptCtcBridge(nn.Module):
@@ -189,6 +248,14 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
                     "an encoder with HuBERT's interface (hubert, wavlm, wav2vec2, ...)"
                 )
         self.audio_tower = audio_tower if audio_tower is not None else AutoModel.from_config(config.audio_config)
+        if config.audio_frontend == "log_mel":
+            if audio_tower is not None:
+                raise ValueError(
+                    "audio_frontend='log_mel' replaces the encoder's conv stack, which would drop the given encoder's "
+                    "weights; use it for encoders built from a config (trained from scratch)"
+                )
+            self.audio_tower.feature_extractor = LogMelFrontEnd(config.audio_config, config.log_mel_bins,
+                                                                config.sampling_rate)
         if language_model is None:
             try:
                 language_model = AutoModelForCausalLM.from_config(config.text_config)
@@ -199,7 +266,7 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
                 ) from err
         self.language_model = language_model
         self.bridge = HubertGptConvBridge(config) if config.bridge_type == "conv" else HubertGptCtcBridge(config)
-        if getattr(config.audio_config, "feat_extract_norm", None) == "group":
+        if config.audio_frontend == "conv" and getattr(config.audio_config, "feat_extract_norm", None) == "group":
             self._use_utterance_group_norm()
         self.post_init()
         # Some encoders name only one of their layer classes (HuBERT omits its stable-layer-norm layer).
@@ -228,7 +295,8 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
     def _frame_norm(self):
         """The encoder's UtteranceGroupNorm, or None when the encoder normalises per frame."""
         extractor = getattr(self.audio_tower, "feature_extractor", None)
-        norm = getattr(extractor.conv_layers[0], "layer_norm", None) if extractor is not None else None
+        layers = getattr(extractor, "conv_layers", None)
+        norm = getattr(layers[0], "layer_norm", None) if layers else None
         return norm if isinstance(norm, UtteranceGroupNorm) else None
 
     @classmethod

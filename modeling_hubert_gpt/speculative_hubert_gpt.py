@@ -1,7 +1,7 @@
-"""CTC-draft speculative decoding for hubert-gpt: the CTC bridge's own greedy transcript drafts, the LLM verifies.
+"""CTC-draft speculative decoding for hubert-gpt: the CTC head's own greedy transcript drafts, the LLM verifies.
 
 With `bridge_type="ctc"` the bridge already computes a CTC head over the LLM vocabulary (+ blank) for every encoder
-frame. Its greedy hypothesis (per utterance, over its real frames: argmax, collapse repeats, drop blanks) is a token
+frame (a conv-bridge model has one too when trained with `ctc_head=True`). Its greedy hypothesis (per utterance, over its real frames: argmax, collapse repeats, drop blanks) is a token
 sequence in the LLM's vocabulary, i.e. a free draft of the transcript. `model.generate(..., ctc_draft=True)` runs
 
 1. one LLM pass over the speech prompt AND the first draft window (the prefill verifies drafts too), then
@@ -387,10 +387,11 @@ def ctc_draft_generate(
     experiments). ctc_draft_window: most draft tokens verified per row and pass. ctc_draft_ngram: prompt-lookup
     drafting once the CTC draft is used up. Statistics: `model.last_generate_stats` (see the module doc).
     """
-    if model.config.bridge_type != "ctc":
+    if not model.config.ctc_head:
         raise ValueError(
-            f"ctc_draft=True drafts with the CTC bridge's hypothesis, but this model has bridge_type "
-            f"{model.config.bridge_type!r}; use a bridge_type='ctc' model or drop ctc_draft"
+            f"ctc_draft=True drafts with the CTC head's hypothesis, but this model (bridge_type "
+            f"{model.config.bridge_type!r}) has no CTC head; use a bridge_type='ctc' model or a conv-bridge model "
+            "trained with ctc_head=True, or drop ctc_draft"
         )
     kwargs.pop("labels", None)
     kwargs.pop("use_cache", None)  # the result does not depend on it; the verifier always caches

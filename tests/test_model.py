@@ -41,6 +41,8 @@ VARIANTS = [
     dict(bridge_type="ctc", feat_extract_norm="group"),
     dict(bridge_type="conv", feat_extract_norm="group", audio_model_type="wavlm", text_model_type="llama"),
     dict(bridge_type="ctc", feat_extract_norm="layer", audio_model_type="wavlm", text_model_type="llama"),
+    dict(bridge_type="conv", feat_extract_norm="group", audio_frontend="log_mel"),
+    dict(bridge_type="ctc", feat_extract_norm="layer", audio_frontend="log_mel"),
 ]
 
 
@@ -60,6 +62,33 @@ def test_batched_generate_equals_single(variant):
         torch.testing.assert_close(
             speech_b.embeds[i, : speech_b.lengths[i]], speech_s.embeds[0, : speech_s.lengths[0]], atol=1e-5, rtol=1e-4
         )
+
+
+def test_log_mel_front_end_replaces_the_conv_stack_and_counts_frames_as_it(tmp_path):
+    model = build(audio_frontend="log_mel")
+    conv_model = build()
+    names = {name for name, _ in model.audio_tower.named_parameters()}
+    assert not any(name.startswith("feature_extractor.conv_layers") for name in names)
+    assert {"feature_extractor.proj.weight", "feature_extractor.norm.weight"} <= names
+    for n in (400, 719, 720, 16000, 16321):  # around the frame boundaries (400-sample window, 320-sample hop)
+        values = 0.1 * torch.randn(1, n)
+        expected = int(model.encoder_output_lengths(torch.tensor([n]))[0])
+        with torch.no_grad():
+            assert model.audio_tower(values).last_hidden_state.shape[1] == expected
+            assert conv_model.audio_tower(values).last_hidden_state.shape[1] == expected
+    model.save_pretrained(tmp_path)
+    loaded = HubertGptForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert loaded.config.audio_frontend == "log_mel"
+    values, mask = padded_batch()
+    torch.testing.assert_close(loaded.generate(values, mask), model.generate(values, mask), rtol=0, atol=0)
+
+
+def test_log_mel_front_end_errors():
+    with pytest.raises(ValueError, match="audio_frontend must be one of"):
+        tiny_config(audio_frontend="mfcc")
+    encoder = HubertModel(tiny_config().audio_config)
+    with pytest.raises(ValueError, match="replaces the encoder's conv stack"):
+        HubertGptForConditionalGeneration(tiny_config(audio_frontend="log_mel"), audio_tower=encoder)
 
 
 def test_group_norm_padding_is_handled_and_would_matter():
@@ -178,6 +207,25 @@ def test_loss_covers_transcript_tokens_only(bridge_type):
         torch.testing.assert_close(out.loss, out.llm_loss + 0.5 * out.ctc_loss)
     else:
         assert out.ctc_loss is None and out.loss is out.llm_loss
+
+
+def test_conv_bridge_ctc_head_adds_its_loss_and_leaves_the_prompt_alone():
+    plain = build(bridge_type="conv", ctc_loss_weight=0.5)
+    headed = build(bridge_type="conv", ctc_head=True, ctc_loss_weight=0.5)
+    result = headed.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(result.missing_keys) == ["bridge.ctc_head.bias", "bridge.ctc_head.weight"]
+    assert not result.unexpected_keys
+    values, mask = padded_batch()
+    labels = torch.tensor([[5, 6, 7, 2], [8, 9, 2, -100], [10, 2, -100, -100]])
+    out, reference = headed(values, mask, labels=labels), plain(values, mask, labels=labels)
+    torch.testing.assert_close(out.logits, reference.logits, rtol=0, atol=0)
+    torch.testing.assert_close(out.llm_loss, reference.llm_loss, rtol=0, atol=0)
+    assert out.ctc_loss > 0
+    torch.testing.assert_close(out.loss, out.llm_loss + 0.5 * out.ctc_loss)
+    assert headed.encode_speech(values, mask).ctc_logits.shape == (3, 49, headed.config.ctc_num_labels)
+    torch.testing.assert_close(headed.generate(values, mask), plain.generate(values, mask), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="CTC bridge needs its CTC head"):
+        tiny_config("ctc", ctc_head=False)
 
 
 @pytest.mark.parametrize("bridge_type", ["conv", "ctc"])

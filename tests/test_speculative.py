@@ -133,11 +133,12 @@ def test_verifier_without_drafts_is_one_token_per_pass(ctc_model):
         dict(seed=0, feat_extract_norm="layer"),
         dict(seed=1, feat_extract_norm="group"),
         dict(seed=2, feat_extract_norm="layer", audio_model_type="wavlm", text_model_type="llama"),
+        dict(seed=3, feat_extract_norm="layer", bridge_type="conv", ctc_head=True),  # conv bridge + CTC draft head
     ],
     ids=lambda v: "-".join(map(str, v.values())),
 )
 def test_random_models_ctc_draft_equals_greedy(variant):
-    model = build(bridge_type="ctc", **variant)
+    model = build(**{"bridge_type": "ctc", **variant})
     values, mask = padded_batch(seed=variant["seed"])
     greedy = model.generate(values, mask)
     out = model.generate(values, mask, ctc_draft=True)
@@ -177,7 +178,7 @@ def test_streamer_sees_exactly_the_generated_tokens():
 
 def test_clear_errors():
     values, mask = padded_batch()
-    with pytest.raises(ValueError, match="bridge_type 'conv'"):
+    with pytest.raises(ValueError, match="bridge_type 'conv'.*has no CTC head"):
         build(bridge_type="conv").generate(values, mask, ctc_draft=True)
     model = build(bridge_type="ctc")
     with pytest.raises(ValueError, match="num_beams"):
