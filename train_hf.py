@@ -26,7 +26,6 @@ import transformers
 from transformers import (
     AutoProcessor,
     HfArgumentParser,
-    Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
     TrainerCallback,
     Wav2Vec2FeatureExtractor,
@@ -50,6 +49,9 @@ class ModelArguments:
     ctc_head: bool = field(default=False, metadata={
         "help": "conv bridge: also train a CTC head on the encoder (aux CTC loss); its hypothesis drafts for lossless "
                 "speculative decoding, generate(ctc_draft=True). An existing checkpoint gets a new, untrained head"})
+    ctc_head_trains_encoder: bool = field(default=True, metadata={
+        "help": "with --ctc_head: the aux CTC loss trains the encoder too (joint CTC); False trains the head alone "
+                "(a pure draft head: the recognizer trains as without it)"})
     ctc_loss_weight: float | None = field(default=None, metadata={"help": "aux CTC loss weight (models with a CTC head)"})
     vocab_size: int = field(default=200, metadata={"help": "sentencepiece size for a random-init model's tokenizer"})
     freeze_encoder: bool = field(default=False, metadata={"help": "keep the speech encoder fixed"})
@@ -98,7 +100,11 @@ SMOKE = dict(max_steps=60, per_device_train_batch_size=8, per_device_eval_batch_
 RECIPE = dict(max_steps=4000, per_device_train_batch_size=16, per_device_eval_batch_size=32, learning_rate=2e-3,
               lr_scheduler_type="cosine", warmup_steps=200, weight_decay=0.01, logging_steps=25, eval_strategy="steps",
               eval_steps=500, save_strategy="no", report_to="none", model_size="small", bridge="conv",
-              audio_frontend="log_mel", ctc_head=True, ctc_loss_weight=1.0, max_train_minutes=20, eval_split="test")
+              audio_frontend="log_mel", max_train_minutes=20, eval_split="test")
+# Per bridge: the conv bridge gets a CTC draft head trained alone (small weight: see HubertGptConfig's
+# ctc_head_trains_encoder); the ctc bridge's own head trains the encoder at full weight.
+RECIPE_BY_BRIDGE = {"conv": dict(ctc_head=True, ctc_head_trains_encoder=False, ctc_loss_weight=0.01),
+                    "ctc": dict(ctc_loss_weight=1.0)}
 PRESETS = {"smoke": SMOKE, "recipe": RECIPE}
 
 
@@ -111,10 +117,24 @@ def parse(argv):
     given = {a.lstrip("-").split("=")[0] for a in argv if a.startswith("--")}
     if not given & {"preset", "dataset_name", "dataset_dir", "manifest", "model_name_or_path", "audio_model"}:
         argv += ["--preset", "recipe"]  # no data and no model given: the embedded default
-    preset = argv[argv.index("--preset") + 1] if "--preset" in argv else None
+    preset = flag_value(argv, "preset")
     if preset in PRESETS:  # preset values are defaults: any flag given on the command line wins
-        argv += [x for k, v in PRESETS[preset].items() if k not in given for x in (f"--{k}", str(v))]
+        defaults = dict(PRESETS[preset])
+        if preset == "recipe":
+            defaults |= RECIPE_BY_BRIDGE.get(flag_value(argv, "bridge", RECIPE["bridge"]), {})
+        argv += [x for k, v in defaults.items() if k not in given for x in (f"--{k}", str(v))]
     return parser.parse_args_into_dataclasses(argv)
+
+
+def flag_value(argv, name, default=None):
+    """The value of `--name value` or `--name=value` in argv (the last one given), else default."""
+    value = default
+    for i, arg in enumerate(argv):
+        if arg == f"--{name}" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+    return value
 
 
 # 2. One process without a launcher: rendezvous defaults for torch.distributed / DeepSpeed ---------------------------------
@@ -135,8 +155,10 @@ def build_model(margs, train_texts, work_dir):
     from modeling_hubert_gpt import HubertGptConfig, HubertGptForConditionalGeneration, HubertGptProcessor
 
     extra = {} if margs.ctc_loss_weight is None else {"ctc_loss_weight": margs.ctc_loss_weight}
-    if margs.ctc_head:
-        extra["ctc_head"] = True
+    bridge = HubertGptConfig.from_pretrained(margs.model_name_or_path).bridge_type if margs.model_name_or_path \
+        else margs.bridge
+    if margs.ctc_head and bridge == "conv":  # the ctc bridge has its head anyway
+        extra.update(ctc_head=True, ctc_head_trains_encoder=margs.ctc_head_trains_encoder)
     if margs.model_name_or_path:
         processor = AutoProcessor.from_pretrained(margs.model_name_or_path, trust_remote_code=True)
         model = HubertGptForConditionalGeneration.from_pretrained(margs.model_name_or_path, **extra)
@@ -353,11 +375,12 @@ def run(argv):
         targs.length_column_name = "input_length"
 
     from hubert_gpt_training.data import SpeechCollator
+    from hubert_gpt_training.trainer import HubertGptTrainer
 
     history = LossHistory(rargs.max_train_minutes)
-    trainer = Seq2SeqTrainer(model=model, args=targs, train_dataset=train, eval_dataset=evaluation,
-                             data_collator=SpeechCollator(processor, rate), processing_class=processor,
-                             compute_metrics=make_compute_metrics(processor), callbacks=[history])
+    trainer = HubertGptTrainer(model=model, args=targs, train_dataset=train, eval_dataset=evaluation,
+                               data_collator=SpeechCollator(processor, rate), processing_class=processor,
+                               compute_metrics=make_compute_metrics(processor), callbacks=[history])
     train_result = trainer.train(resume_from_checkpoint=targs.resume_from_checkpoint)
     metrics = trainer.evaluate(metric_key_prefix="test")
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -19,6 +19,11 @@ Also: conv vs CTC speech-prompt positions per audio second and the LLM prefill c
 peak memory (CUDA: max_memory_allocated; CPU: peak RSS growth sampled from /proc/self/statm); real-time factor
 (wall / audio seconds) and audio seconds per wall second.
 
+Random weights are shaped like the paper's pair at CPU scale: the LLM (512x8 quick, 1024x12 full) far bigger than
+the encoder (128x4, 256x6), as a 3.6B GPT-NeoX is beside HuBERT-base (95M), so decoding, not encoding, dominates;
+`--llm-width/--llm-layers` change it. A tiny trained model (`--model runs/default`) is the opposite case: its encoder
+is as big as its LLM and runs on 50 frames/s, so encoding (compute-bound: batching saves little) dominates.
+
 Random weights: the LLM rarely picks eos, so outputs run to the per-utterance bound, and a random CTC head disagrees
 with a random LLM: `spec_passes_per_token` / `spec_speedup` (the model's OWN draft, batch 1) are then those of a
 useless draft (what passes are saved comes from the prompt-lookup fallback on the LLM's loops). Use `--model DIR`
@@ -158,12 +163,13 @@ def feature_extractor():
                                     return_attention_mask=True)
 
 
-def random_models(width, layers, vocab, seed):
+def random_models(width, layers, llm_width, llm_layers, vocab, seed):
     """A conv and a CTC model with the same encoder and LLM weights (only the bridges differ)."""
+    shape = dict(width=width, layers=layers, text_width=llm_width, text_layers=llm_layers, vocab_size=vocab)
     torch.manual_seed(seed)
-    conv = HubertGptForConditionalGeneration(tiny_config("conv", width=width, layers=layers, vocab_size=vocab)).eval()
+    conv = HubertGptForConditionalGeneration(tiny_config("conv", **shape)).eval()
     torch.manual_seed(seed + 1)
-    ctc = HubertGptForConditionalGeneration(tiny_config("ctc", width=width, layers=layers, vocab_size=vocab)).eval()
+    ctc = HubertGptForConditionalGeneration(tiny_config("ctc", **shape)).eval()
     ctc.audio_tower.load_state_dict(conv.audio_tower.state_dict())
     ctc.language_model.load_state_dict(conv.language_model.state_dict())
     return conv, ctc
@@ -328,8 +334,10 @@ def main(argv=None):
     parser.add_argument("--split", default="test", help="the --dataset split (default test)")
     parser.add_argument("--utterances", type=int, help="how many utterances (default 16 quick, 48 full)")
     parser.add_argument("--seconds", type=float, nargs=2, help="utterance length range (default 1-4 s quick, 2-8 s)")
-    parser.add_argument("--width", type=int, help="random model width (default 128 quick, 256 full)")
-    parser.add_argument("--layers", type=int, help="random model layers (default 4 quick, 6 full)")
+    parser.add_argument("--width", type=int, help="random encoder width (default 128 quick, 256 full)")
+    parser.add_argument("--layers", type=int, help="random encoder layers (default 4 quick, 6 full)")
+    parser.add_argument("--llm-width", type=int, help="random LLM width (default 512 quick, 1024 full)")
+    parser.add_argument("--llm-layers", type=int, help="random LLM layers (default 8 quick, 12 full)")
     parser.add_argument("--vocab", type=int, help="random model vocabulary (default 1000 quick, 4000 full)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -342,6 +350,7 @@ def main(argv=None):
     n = args.utterances or (16 if quick else 48)
     low, high = args.seconds or ((1.0, 4.0) if quick else (2.0, 8.0))
     width, layers = args.width or (128 if quick else 256), args.layers or (4 if quick else 6)
+    llm_width, llm_layers = args.llm_width or (512 if quick else 1024), args.llm_layers or (8 if quick else 12)
     vocab = args.vocab or (1000 if quick else 4000)
     device = torch.device(args.device)
     if device.type == "cpu" and args.threads:
@@ -365,12 +374,12 @@ def main(argv=None):
         models = {model.config.bridge_type: model}
         model_label = args.model + (f" on {args.dataset} [{args.split}]" if args.dataset else "")
     else:
-        conv, ctc = random_models(width, layers, vocab, args.seed)
+        conv, ctc = random_models(width, layers, llm_width, llm_layers, vocab, args.seed)
         conv, ctc = conv.to(device), ctc.to(device)
         calibrate_blank(ctc, audios[:8])
         tokenizer, extractor = word_tokenizer(vocab), feature_extractor()
         models = {"conv": conv, "ctc": ctc}
-        model_label = f"random width {width}, {layers}+{layers} layers, vocab {vocab}"
+        model_label = f"random: encoder {width}x{layers}, LLM {llm_width}x{llm_layers}, vocab {vocab}"
     # What generate() gets: each utterance through the model's own feature extractor (a trained recipe normalises
     # per utterance), as the pipeline does inside its timed calls; padding these with zeros is what a batch is.
     inputs = [extractor(a, sampling_rate=RATE)["input_values"][0].astype(np.float32) for a in audios]
@@ -418,12 +427,13 @@ def main(argv=None):
     # --- speculative decoding --------------------------------------------------------------------------------------
     spec_summary = {}
 
-    def speculate(model, tag, baseline):
+    def speculate(model, bridge, baseline):
         warm(model, ctc_draft=True)
+        tag = f"{bridge} "
         result = {}
         for batch in (1, 16):
             (out, spec), wall, peak = measure(lambda: run_generate(model, inputs, batch, device, ctc_draft=True), device)
-            record(f"{tag}spec b{batch}", "ctc", batch, wall, peak, out, baseline=baseline, spec=spec)
+            record(f"{tag}spec b{batch}", bridge, batch, wall, peak, out, baseline=baseline, spec=spec)
             result[f"b{batch}"] = dict(spec, wall_s=wall)
         rng = np.random.default_rng(args.seed)
         vocab_size = model.config.text_config.vocab_size
@@ -447,12 +457,14 @@ def main(argv=None):
                 return out
 
             out, wall, peak = measure(run, device)
-            record(f"{tag}spec b1, {name} draft", "ctc", 1, wall, peak, out, baseline=baseline, spec=spec)
+            record(f"{tag}spec b1, {name} draft", bridge, 1, wall, peak, out, baseline=baseline, spec=spec)
             result[name] = dict(spec, wall_s=wall)
         return result
 
-    if "ctc" in models:
-        spec_summary["ctc"] = speculate(models["ctc"], "ctc ", baselines["ctc"])
+    # the first model with a CTC head drafts: the ctc bridge, or a trained conv bridge with its draft head
+    spec_source = next((bridge for bridge, model in models.items() if model.config.ctc_head), None)
+    if spec_source:
+        spec_summary[spec_source] = speculate(models[spec_source], spec_source, baselines[spec_source])
 
     # --- conv vs CTC bridge: prompt length and prefill ----------------------------------------------------------------
     prefill = {bridge: prefill_cost(model, inputs[:16], device) for bridge, model in models.items()}
@@ -469,7 +481,6 @@ def main(argv=None):
     base_wall = baselines[next(iter(models))][2]
     by_name = {r["variant"]: r for r in rows}
     identical = not failures
-    spec_source = "ctc" if "ctc" in spec_summary else None
     result = {
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
                                  f" ({torch.get_num_threads()} threads)"),
@@ -491,7 +502,7 @@ def main(argv=None):
     if f"{first} generate b16" in by_name:
         result["batched_speedup_16"] = base_wall / by_name[f"{first} generate b16"]["wall_s"]
     if spec_source:
-        tag = "ctc "
+        tag = f"{spec_source} "
         b1 = spec_summary[spec_source]["b1"]
         result["spec_passes_per_token"] = b1["passes"] / max(b1["plain_passes"], 1)
         result["spec_accepted_per_pass"] = b1["accepted"] / max(b1["passes"], 1)

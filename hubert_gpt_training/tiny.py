@@ -47,8 +47,11 @@ def tiny_text_config(model_type="gpt_neox", vocab_size=100, hidden_size=32, laye
 
 
 def tiny_config(bridge_type="conv", feat_extract_norm="layer", audio_model_type="hubert", text_model_type="gpt_neox",
-                vocab_size=100, sep=3, tokenizer=None, width=32, layers=2, conv_dim=None, **kwargs):
-    """A small config; with `tokenizer`, its vocabulary size and bos/eos/pad/[SEP] ids are used."""
+                vocab_size=100, sep=3, tokenizer=None, width=32, layers=2, conv_dim=None, text_width=None,
+                text_layers=None, **kwargs):
+    """A small config; with `tokenizer`, its vocabulary size and bos/eos/pad/[SEP] ids are used.
+
+    The LLM has the encoder's width and depth unless `text_width` / `text_layers` say otherwise."""
     ids = dict(bos=1, eos=2, pad=0)
     if tokenizer is not None:
         vocab_size, sep = len(tokenizer), tokenizer.sep_token_id
@@ -56,7 +59,8 @@ def tiny_config(bridge_type="conv", feat_extract_norm="layer", audio_model_type=
     return HubertGptConfig(
         audio_config=tiny_audio_config(audio_model_type, feat_extract_norm, hidden_size=width, layers=layers,
                                        conv_dim=conv_dim or max(16, width // 2)),
-        text_config=tiny_text_config(text_model_type, vocab_size, hidden_size=width, layers=layers, **ids),
+        text_config=tiny_text_config(text_model_type, vocab_size, hidden_size=text_width or width,
+                                     layers=text_layers or layers, **ids),
         bridge_type=bridge_type,
         prompt_sep_token_id=sep,
         **kwargs,

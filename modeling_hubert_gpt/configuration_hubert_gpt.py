@@ -62,6 +62,12 @@ class HubertGptConfig(PretrainedConfig):
             always has one (it picks the frames); a conv bridge gets one with `ctc_head=True`: trained by the
             auxiliary CTC loss, it adds nothing to the speech prompt, but its greedy hypothesis is the draft of
             `generate(..., ctc_draft=True)` (lossless speculative decoding). Defaults to `bridge_type == "ctc"`.
+        ctc_head_trains_encoder (`bool`, *optional*, defaults to `True`):
+            Conv bridge with `ctc_head=True`: whether the auxiliary CTC loss also trains the encoder (joint CTC
+            training) or only the CTC head, on the encoder's output with its gradient stopped: a pure draft head,
+            the recognizer trains exactly as without it. The ctc bridge's head always trains the encoder. Give
+            such a head a small `ctc_loss_weight` (0.01): Adam's step does not depend on the scale of its gradient,
+            but gradient clipping over all parameters does, and a large CTC gradient would shrink every step.
         ctc_blank_id (`int`, *optional*):
             Index of the blank label in the CTC head's output. Defaults to `text_config.vocab_size`, an extra class.
         ctc_merge_repeats (`bool`, *optional*, defaults to `True`):
@@ -98,6 +104,7 @@ class HubertGptConfig(PretrainedConfig):
         bridge_conv_kernel_size=(4, 4),
         bridge_conv_stride=(2, 2),
         ctc_head=None,
+        ctc_head_trains_encoder=True,
         ctc_blank_id=None,
         ctc_merge_repeats=True,
         ctc_loss_weight=0.3,
@@ -129,6 +136,10 @@ class HubertGptConfig(PretrainedConfig):
         if bridge_type == "ctc" and ctc_head is False:
             raise ValueError("ctc_head=False with bridge_type='ctc': the CTC bridge needs its CTC head to pick frames")
         self.ctc_head = bridge_type == "ctc" if ctc_head is None else bool(ctc_head)
+        if bridge_type == "ctc" and not ctc_head_trains_encoder:
+            raise ValueError("ctc_head_trains_encoder=False is for a conv bridge's draft head; the ctc bridge's CTC "
+                             "head picks the prompt's frames, so its loss always trains the encoder")
+        self.ctc_head_trains_encoder = bool(ctc_head_trains_encoder)
         if audio_frontend not in AUDIO_FRONTENDS:
             raise ValueError(f"audio_frontend must be one of {AUDIO_FRONTENDS}, got {audio_frontend!r}")
         self.audio_frontend = audio_frontend

@@ -117,7 +117,8 @@ class HubertGptConvBridge(nn.Module):
     """Strided Conv1d + GELU layers (50 Hz -> 12.5 Hz by default), then a Linear to the LLM width.
 
     With `config.ctc_head`, also a CTC head on the encoder frames: its logits feed the auxiliary CTC loss and the
-    speculative draft; the speech prompt does not depend on it.
+    speculative draft; the speech prompt does not depend on it. With `config.ctc_head_trains_encoder=False` the head
+    sees the encoder output with its gradient stopped, so the CTC loss trains the head alone.
     """
 
     def __init__(self, config):
@@ -130,6 +131,7 @@ class HubertGptConvBridge(nn.Module):
         )
         self.proj = nn.Linear(width, config.text_config.hidden_size)
         self.ctc_head = nn.Linear(width, config.ctc_num_labels) if config.ctc_head else None
+        self.ctc_head_trains_encoder = config.ctc_head_trains_encoder
 
     def output_lengths(self, frame_lengths):
         return conv_output_lengths(frame_lengths, self.kernel_sizes, self.strides)
@@ -137,7 +139,9 @@ class HubertGptConvBridge(nn.Module):
     def forward(self, hidden, frame_lengths):
         """hidden (B, T, Da), frame_lengths (B,) -> speech (B, T', Dt), speech_lengths (B,), ctc logits (B, T, V+1)
         or None."""
-        ctc_logits = None if self.ctc_head is None else self.ctc_head(hidden)
+        ctc_logits = None
+        if self.ctc_head is not None:
+            ctc_logits = self.ctc_head(hidden if self.ctc_head_trains_encoder else hidden.detach())
         hidden = hidden.transpose(1, 2)  # (B, Da, T): channels first for Conv1d
         for conv in self.convs:
             hidden = F.gelu(conv(hidden))

@@ -17,9 +17,10 @@ one pass may confirm. Stopping is plain greedy's: eos (one id or a list), the pe
 
 Drafting and re-alignment (per utterance): the draft is the CTC hypothesis followed by eos (a CTC transcript never
 has eos; the LLM ends with it). A pointer walks the draft. After a mismatch the LLM's own token t is looked up in the
-draft near where it was expected: a few tokens ahead (the draft has extra tokens: skip them), or one back (t repeats
-the last token: CTC collapsed a real double letter); if t is nowhere near, it is taken as a substitution and the
-pointer moves one past. When the draft is used up (or empty), prompt-lookup drafting takes over: the longest recent
+draft near where it was expected, nearest first (at most 4 ahead or back): ahead, the draft has extra tokens (skip
+them); back, t repeats the last token (CTC collapsed a real double letter) or the draft lacks tokens the LLM says
+(an earlier mismatch was taken for a substitution and skipped a token still to come); if t is nowhere near, it is
+taken as a substitution and the pointer moves one past. When the draft is used up (or empty), prompt-lookup drafting takes over: the longest recent
 n-gram (n <= 3) ending the output is found earlier in draft + output, and what followed it is proposed. At most
 `ctc_draft_window` (32) tokens are proposed per pass; after a mismatch the window shrinks to max(4, 2 x accepted)
 and after a fully accepted pass it doubles back, so a poor draft wastes few positions (on a GPU a pass costs about the same for 1 or 32
@@ -57,6 +58,7 @@ from transformers import DynamicCache
 DEFAULT_WINDOW = 32  # most draft tokens verified per row and pass
 MIN_WINDOW = 4  # the adaptive window never shrinks below this
 REALIGN_AHEAD = 4  # how far ahead in the draft the LLM's token is looked for after a mismatch
+REALIGN_BACK = 4  # ... and how far back (the draft skipped tokens the LLM says, or collapsed a repeat)
 MAX_NGRAM = 3  # prompt-lookup n-gram size once the draft is used up
 
 # Generation settings that change greedy's choice of token (logits processors, other decoding modes, outputs we do
@@ -167,9 +169,13 @@ class DraftAligner:
         if expected < len(self.draft) and self.draft[expected] == llm_token:
             self.pointer = expected + 1
             return
-        # After a mismatch: extra draft tokens (look ahead), a collapsed repeat (one back), else a substitution.
-        for q in [*range(expected + 1, min(expected + 1 + REALIGN_AHEAD, len(self.draft))), expected - 1]:
-            if 0 <= q < len(self.draft) and self.draft[q] == llm_token:
+        # After a mismatch, the nearest draft position holding the LLM's token, ahead (the draft has extra tokens) or
+        # back (the draft misses tokens the LLM says, so an earlier mismatch skipped too far; or a collapsed repeat);
+        # nowhere near: a substitution.
+        nearest_first = sorted(range(expected - REALIGN_BACK, expected + REALIGN_AHEAD + 1),
+                               key=lambda q: (abs(q - expected), q < expected))  # ties: ahead first
+        for q in nearest_first:
+            if q != expected and 0 <= q < len(self.draft) and self.draft[q] == llm_token:
                 self.pointer = q + 1
                 return
         self.pointer = expected + 1

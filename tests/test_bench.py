@@ -18,7 +18,8 @@ def run_bench(script, args, tmp_path):
 
 def test_inference_bench_checks_every_variant_against_the_baseline(tmp_path):
     result, stdout = run_bench("inference.py", ["--utterances", "4", "--seconds", "1", "2", "--width", "32",
-                                                "--layers", "1", "--vocab", "100"], tmp_path)
+                                                "--layers", "1", "--llm-width", "32", "--llm-layers", "1",
+                                                "--vocab", "100"], tmp_path)
     assert result["identical"] is True and result["failures"] == []
     assert result["device"].startswith("cpu") and result["utterances"] == 4
     for key in ("batched_speedup_16", "spec_passes_per_token", "spec_speedup"):

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import datasets
+import pytest
 import soundfile
 import torch
 
@@ -58,8 +59,15 @@ def test_shortened_recipe_learns_and_writes_a_loadable_folder(tmp_path):
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads((out / "results.json").read_text())
-    losses = [row["loss"] for row in results["log_history"] if "loss" in row]
-    assert len(losses) == 8 and losses[-1] < 0.8 * losses[0]
+    rows = [row for row in results["log_history"] if "loss" in row]
+    assert len(rows) == 8
+    # The recognizer's loss falls, and its CTC draft head's (a Linear on the encoder output, gradient stopped:
+    # slower to start) too.
+    assert rows[-1]["llm_loss"] < 0.8 * rows[0]["llm_loss"] and rows[-1]["ctc_loss"] < 0.9 * rows[0]["ctc_loss"]
+    weight = HubertGptForConditionalGeneration.config_class.from_pretrained(out).ctc_loss_weight
+    assert weight == 0.01
+    for row in rows:  # the logged parts are the parts of the loss (means over the same steps)
+        assert row["loss"] == pytest.approx(row["llm_loss"] + weight * row["ctc_loss"], rel=1e-3)
     assert results["dataset_name"] == "ja-synth" and results["split"] == "test" and results["bridge_type"] == "conv"
     assert [row["step"] for row in results["log_history"] if "eval_cer" in row] == [20, 40]
     assert (out / "training_curves.png").stat().st_size > 10_000
@@ -97,3 +105,18 @@ def test_transcribe_cli_reports_bad_files_and_goes_on(tmp_path):
     expected = processor.batch_decode(model.generate(**processor(audio=audios, sampling_rate=16000)),
                                       skip_special_tokens=True)
     assert [lines[1]["text"], lines[2]["text"]] == expected
+
+
+def test_recipe_defaults_follow_the_bridge_and_flags_win():
+    import train_hf
+
+    def model_args(*argv):
+        return train_hf.parse(["--output_dir", "out", *argv])[0]
+
+    conv = model_args()  # no data, no model: the recipe, conv bridge with a CTC draft head trained alone
+    assert (conv.bridge, conv.ctc_head, conv.ctc_head_trains_encoder, conv.ctc_loss_weight) == ("conv", True, False, 0.01)
+    for argv in (["--bridge", "ctc"], ["--bridge=ctc"]):
+        ctc = model_args(*argv)
+        assert (ctc.bridge, ctc.ctc_head, ctc.ctc_loss_weight) == ("ctc", False, 1.0)
+    mine = model_args("--ctc_loss_weight", "0.5", "--ctc_head_trains_encoder", "true")
+    assert (mine.ctc_head, mine.ctc_head_trains_encoder, mine.ctc_loss_weight) == (True, True, 0.5)

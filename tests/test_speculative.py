@@ -72,6 +72,17 @@ def test_aligner_follows_the_llm_after_mismatches():
     assert aligner.window == 8 and aligner.propose([10, 20, 13, 13, 14, 15, 2], room=5)[1] == "ngram"
 
 
+def test_aligner_recovers_when_the_draft_lacks_tokens():
+    aligner = DraftAligner([10, 11, 14, 15], eos_token_id=2, window=8)  # the LLM will say 10 11 12 13 14 15
+    aligner.propose([], room=100)
+    aligner.update("ctc", 5, 2, 12)  # 12 is nowhere in the draft: taken for a substitution of 14
+    assert aligner.propose([10, 11, 12], room=100)[0] == [15, 2]
+    aligner.update("ctc", 2, 0, 13)  # 13 is nowhere either: taken for a substitution of 15
+    assert aligner.propose([10, 11, 12, 13], room=100)[0] == [2]
+    aligner.update("ctc", 1, 0, 14)  # the LLM says 14, two back: 12 and 13 were missing, not substitutions
+    assert aligner.propose([10, 11, 12, 13, 14], room=100) == ([15, 2], "ctc")
+
+
 def test_ngram_proposal_continues_a_repeated_pattern():
     assert ngram_proposal([], [5, 6, 7, 5, 6], window=3) == [7, 5, 6]
     assert ngram_proposal([1, 2, 3, 4], [9, 2], window=2) == [3, 4]  # found in the CTC draft
