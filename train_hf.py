@@ -52,6 +52,9 @@ class ModelArguments:
     ctc_head_trains_encoder: bool = field(default=True, metadata={
         "help": "with --ctc_head: the aux CTC loss trains the encoder too (joint CTC); False trains the head alone "
                 "(a pure draft head: the recognizer trains as without it)"})
+    ctc_head_chars: bool = field(default=False, metadata={
+        "help": "with --ctc_head: the new head spells the training text's characters (its text is tokenized into "
+                "the draft), not LLM tokens"})
     ctc_loss_weight: float | None = field(default=None, metadata={"help": "aux CTC loss weight (models with a CTC head)"})
     vocab_size: int = field(default=200, metadata={"help": "sentencepiece size for a random-init model's tokenizer"})
     freeze_encoder: bool = field(default=False, metadata={"help": "keep the speech encoder fixed"})
@@ -103,7 +106,8 @@ RECIPE = dict(max_steps=4000, per_device_train_batch_size=16, per_device_eval_ba
               audio_frontend="log_mel", max_train_minutes=20, eval_split="test")
 # Per bridge: the conv bridge gets a CTC draft head trained alone (small weight: see HubertGptConfig's
 # ctc_head_trains_encoder); the ctc bridge's own head trains the encoder at full weight.
-RECIPE_BY_BRIDGE = {"conv": dict(ctc_head=True, ctc_head_trains_encoder=False, ctc_loss_weight=0.01),
+RECIPE_BY_BRIDGE = {"conv": dict(ctc_head=True, ctc_head_chars=True, ctc_head_trains_encoder=False,
+                                 ctc_loss_weight=0.01),
                     "ctc": dict(ctc_loss_weight=1.0)}
 PRESETS = {"smoke": SMOKE, "recipe": RECIPE}
 
@@ -155,10 +159,12 @@ def build_model(margs, train_texts, work_dir):
     from modeling_hubert_gpt import HubertGptConfig, HubertGptForConditionalGeneration, HubertGptProcessor
 
     extra = {} if margs.ctc_loss_weight is None else {"ctc_loss_weight": margs.ctc_loss_weight}
-    bridge = HubertGptConfig.from_pretrained(margs.model_name_or_path).bridge_type if margs.model_name_or_path \
-        else margs.bridge
-    if margs.ctc_head and bridge == "conv":  # the ctc bridge has its head anyway
+    existing = HubertGptConfig.from_pretrained(margs.model_name_or_path) if margs.model_name_or_path else None
+    bridge = existing.bridge_type if existing else margs.bridge
+    if margs.ctc_head and bridge == "conv" and not (existing and existing.ctc_head):  # the ctc bridge has its own
         extra.update(ctc_head=True, ctc_head_trains_encoder=margs.ctc_head_trains_encoder)
+        if margs.ctc_head_chars:
+            extra["ctc_head_vocab"] = sorted(set("".join(train_texts)))
     if margs.model_name_or_path:
         processor = AutoProcessor.from_pretrained(margs.model_name_or_path, trust_remote_code=True)
         model = HubertGptForConditionalGeneration.from_pretrained(margs.model_name_or_path, **extra)
@@ -379,7 +385,8 @@ def run(argv):
 
     history = LossHistory(rargs.max_train_minutes)
     trainer = HubertGptTrainer(model=model, args=targs, train_dataset=train, eval_dataset=evaluation,
-                               data_collator=SpeechCollator(processor, rate), processing_class=processor,
+                               data_collator=SpeechCollator(processor, rate, model.config.ctc_head_vocab),
+                               processing_class=processor,
                                compute_metrics=make_compute_metrics(processor), callbacks=[history])
     train_result = trainer.train(resume_from_checkpoint=targs.resume_from_checkpoint)
     metrics = trainer.evaluate(metric_key_prefix="test")

@@ -428,11 +428,12 @@ def main(argv=None):
     spec_summary = {}
 
     def speculate(model, bridge, baseline):
-        warm(model, ctc_draft=True)
+        spec_kwargs = dict(ctc_draft=True, tokenizer=tokenizer)  # the tokenizer: for a character-level draft head
+        warm(model, **spec_kwargs)
         tag = f"{bridge} "
         result = {}
         for batch in (1, 16):
-            (out, spec), wall, peak = measure(lambda: run_generate(model, inputs, batch, device, ctc_draft=True), device)
+            (out, spec), wall, peak = measure(lambda: run_generate(model, inputs, batch, device, **spec_kwargs), device)
             record(f"{tag}spec b{batch}", bridge, batch, wall, peak, out, baseline=baseline, spec=spec)
             result[f"b{batch}"] = dict(spec, wall_s=wall)
         rng = np.random.default_rng(args.seed)

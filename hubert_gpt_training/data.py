@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import datasets
+import torch
 
 from modeling_hubert_gpt.pipeline_hubert_gpt import load_audio
 
@@ -130,15 +131,30 @@ def check_text(value, index, column):
 
 @dataclass
 class SpeechCollator:
-    """Rows of (audio, text) -> input_values (B, S), attention_mask (B, S), labels (B, N) via the processor."""
+    """Rows of (audio, text) -> input_values (B, S), attention_mask (B, S), labels (B, N) via the processor.
+
+    With `ctc_vocab` (a model's `config.ctc_head_vocab`) also ctc_targets (B, C): each transcript's character ids,
+    -100 padded; characters outside the vocabulary are left out (that head cannot spell them).
+    """
 
     processor: Any
     sampling_rate: int = 16000
+    ctc_vocab: list | None = None
+
+    def __post_init__(self):
+        self._char_ids = None if self.ctc_vocab is None else {c: i for i, c in enumerate(self.ctc_vocab)}
 
     def __call__(self, rows):
-        return self.processor(
+        batch = self.processor(
             audio=[row["audio"] for row in rows],
             text=[row["text"] for row in rows],
             sampling_rate=self.sampling_rate,
             return_tensors="pt",
         )
+        if self._char_ids is not None:
+            ids = [[self._char_ids[c] for c in row["text"] if c in self._char_ids] for row in rows]
+            labels = torch.full((len(ids), max(map(len, ids), default=0)), -100, dtype=torch.long)
+            for row, chars in zip(labels, ids):
+                row[: len(chars)] = torch.tensor(chars, dtype=torch.long)
+            batch["ctc_targets"] = labels
+        return batch

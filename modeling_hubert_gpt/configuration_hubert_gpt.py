@@ -68,8 +68,15 @@ class HubertGptConfig(PretrainedConfig):
             the recognizer trains exactly as without it. The ctc bridge's head always trains the encoder. Give
             such a head a small `ctc_loss_weight` (0.01): Adam's step does not depend on the scale of its gradient,
             but gradient clipping over all parameters does, and a large CTC gradient would shrink every step.
+        ctc_head_vocab (`list[str]`, *optional*):
+            Conv bridge with `ctc_head=True`: the characters of a character-level CTC draft head. Unset, the head
+            predicts LLM tokens. With characters, the head is trained on the transcript's characters (`ctc_targets`,
+            which the training collator builds) and its greedy text is tokenized by the LLM's tokenizer to draft
+            (`generate(..., ctc_draft=True, tokenizer=...)`; the pipeline passes its own): it matches the LLM's
+            pieces far better than token-level CTC, which cannot spell long sentencepiece pieces.
         ctc_blank_id (`int`, *optional*):
-            Index of the blank label in the CTC head's output. Defaults to `text_config.vocab_size`, an extra class.
+            Index of the blank label in the CTC head's output. Defaults to an extra class after the labels
+            (`text_config.vocab_size`, or `len(ctc_head_vocab)`).
         ctc_merge_repeats (`bool`, *optional*, defaults to `True`):
             Average runs of consecutive frames with the same CTC label into one frame (ctc bridge).
         ctc_loss_weight (`float`, *optional*, defaults to `0.3`):
@@ -105,6 +112,7 @@ class HubertGptConfig(PretrainedConfig):
         bridge_conv_stride=(2, 2),
         ctc_head=None,
         ctc_head_trains_encoder=True,
+        ctc_head_vocab=None,
         ctc_blank_id=None,
         ctc_merge_repeats=True,
         ctc_loss_weight=0.3,
@@ -146,10 +154,17 @@ class HubertGptConfig(PretrainedConfig):
         self.log_mel_bins = log_mel_bins
         self.bridge_conv_kernel_size = list(bridge_conv_kernel_size)
         self.bridge_conv_stride = list(bridge_conv_stride)
-        vocab_size = self.text_config.vocab_size
+        if ctc_head_vocab is not None:
+            if bridge_type != "conv" or not self.ctc_head:
+                raise ValueError("ctc_head_vocab (a character-level CTC draft head) needs bridge_type='conv' and "
+                                 "ctc_head=True; the ctc bridge's head predicts LLM tokens")
+            if len(set(ctc_head_vocab)) != len(ctc_head_vocab) or not all(isinstance(c, str) and c for c in ctc_head_vocab):
+                raise ValueError("ctc_head_vocab must be a list of distinct, non-empty strings (characters)")
+        self.ctc_head_vocab = None if ctc_head_vocab is None else list(ctc_head_vocab)
+        vocab_size = self.ctc_label_vocab_size
         self.ctc_blank_id = vocab_size if ctc_blank_id is None else ctc_blank_id
         if not 0 <= self.ctc_blank_id <= vocab_size:
-            raise ValueError(f"ctc_blank_id must be in [0, {vocab_size}] (vocab_size is the extra class), got {ctc_blank_id}")
+            raise ValueError(f"ctc_blank_id must be in [0, {vocab_size}] ({vocab_size} is the extra class), got {ctc_blank_id}")
         self.ctc_merge_repeats = ctc_merge_repeats
         self.ctc_loss_weight = ctc_loss_weight
         self.prompt_bos_token_id = getattr(self.text_config, "bos_token_id", None) if prompt_bos_token_id is None else prompt_bos_token_id
@@ -165,9 +180,14 @@ class HubertGptConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
     @property
+    def ctc_label_vocab_size(self):
+        """What the CTC head spells: the LLM vocabulary, or the characters of `ctc_head_vocab`."""
+        return self.text_config.vocab_size if self.ctc_head_vocab is None else len(self.ctc_head_vocab)
+
+    @property
     def ctc_num_labels(self):
-        """Size of the CTC head's output: the LLM vocabulary, plus one when blank is an extra class."""
-        vocab_size = self.text_config.vocab_size
+        """Size of the CTC head's output: its labels, plus one when blank is an extra class."""
+        vocab_size = self.ctc_label_vocab_size
         return vocab_size + 1 if self.ctc_blank_id == vocab_size else vocab_size
 
 

@@ -479,8 +479,12 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         return embeds, attention_mask.long(), position_ids, labels
 
     # --- training -----------------------------------------------------------------------------------
-    def forward(self, input_values=None, attention_mask=None, labels=None, **kwargs):
-        """LLM loss on the transcript tokens (labels (B, N), -100 padded, ending with eos) + aux CTC loss."""
+    def forward(self, input_values=None, attention_mask=None, labels=None, ctc_targets=None, **kwargs):
+        """LLM loss on the transcript tokens (labels (B, N), -100 padded, ending with eos) + aux CTC loss.
+
+        ctc_targets (B, C), -100 padded: the transcript's character ids for a character-level CTC head
+        (`config.ctc_head_vocab`); a token-level head takes its targets from `labels`.
+        """
         speech = self.encode_speech(input_values, attention_mask)
         embeds, prompt_mask, position_ids, llm_labels = self.pack_prompt(speech.embeds, speech.lengths, labels)
         outputs = self.language_model(
@@ -488,18 +492,25 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         )
         llm_loss, ctc_loss, loss = outputs.loss, None, outputs.loss
         if labels is not None and speech.ctc_logits is not None and self.config.ctc_loss_weight > 0:
-            ctc_loss = self.ctc_loss(speech.ctc_logits, speech.frame_lengths, labels)
+            if self.config.ctc_head_vocab is None:
+                eos = self.generation_config.eos_token_id
+                ctc_targets = labels.masked_fill(labels == eos, -100)  # the transcript tokens, eos excluded
+            elif ctc_targets is None:
+                raise ValueError(
+                    "this model's CTC head spells characters (config.ctc_head_vocab): training needs ctc_targets, "
+                    "the transcript's character ids (hubert_gpt_training.data.SpeechCollator builds them), or set "
+                    "ctc_loss_weight=0"
+                )
+            ctc_loss = self.ctc_loss(speech.ctc_logits, speech.frame_lengths, ctc_targets.to(speech.ctc_logits.device))
             loss = llm_loss + self.config.ctc_loss_weight * ctc_loss
         return HubertGptOutput(
             loss=loss, logits=outputs.logits, llm_loss=llm_loss, ctc_loss=ctc_loss, speech_lengths=speech.lengths
         )
 
-    def ctc_loss(self, ctc_logits, frame_lengths, labels):
-        """CTC loss of the transcript tokens (eos and padding excluded) against the encoder frames."""
-        eos = self.generation_config.eos_token_id
-        targets = labels.masked_fill(labels == eos, -100)
+    def ctc_loss(self, ctc_logits, frame_lengths, targets):
+        """CTC loss of the targets (B, N) (-100 padded: tokens or characters) against the encoder frames."""
         if (targets == self.config.ctc_blank_id).any():
-            raise ValueError(f"labels contain the CTC blank id {self.config.ctc_blank_id}; set ctc_blank_id to an unused id")
+            raise ValueError(f"CTC targets contain the blank id {self.config.ctc_blank_id}; set ctc_blank_id to an unused id")
         target_lengths = (targets != -100).sum(-1)
         log_probs = ctc_logits.float().log_softmax(-1).transpose(0, 1)  # (T, B, V+1) as F.ctc_loss wants
         return F.ctc_loss(
@@ -520,6 +531,7 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         Without max_new_tokens/max_length each utterance stops at its own bound (`max_new_tokens_for`).
         """
         kwargs.pop("labels", None)  # Seq2SeqTrainer passes the training batch; transcripts are not a prompt here
+        kwargs.pop("ctc_targets", None)
         if kwargs.pop("ctc_draft", False):  # lossless CTC-draft speculative greedy decoding (ctc bridge)
             from .speculative_hubert_gpt import ctc_draft_generate  # a relative import: the file is saved alongside
 

@@ -1,8 +1,10 @@
 """CTC-draft speculative decoding for hubert-gpt: the CTC head's own greedy transcript drafts, the LLM verifies.
 
 With `bridge_type="ctc"` the bridge already computes a CTC head over the LLM vocabulary (+ blank) for every encoder
-frame (a conv-bridge model has one too when trained with `ctc_head=True`). Its greedy hypothesis (per utterance, over its real frames: argmax, collapse repeats, drop blanks) is a token
-sequence in the LLM's vocabulary, i.e. a free draft of the transcript. `model.generate(..., ctc_draft=True)` runs
+frame (a conv-bridge model has one too when trained with `ctc_head=True`). Its greedy hypothesis (per utterance,
+over its real frames: argmax, collapse repeats, drop blanks) is a token sequence in the LLM's vocabulary, i.e. a
+free draft of the transcript. A character-level head (`ctc_head_vocab`) spells text instead, which the LLM's
+tokenizer turns into the draft. `model.generate(..., ctc_draft=True)` runs
 
 1. one LLM pass over the speech prompt AND the first draft window (the prefill verifies drafts too), then
 2. passes over [tokens decided but not yet in the KV cache] + [the next draft window], until every utterance ends.
@@ -385,19 +387,28 @@ def ctc_draft_generate(
     draft_override=None,
     ctc_draft_window=DEFAULT_WINDOW,
     ctc_draft_ngram=True,
+    tokenizer=None,
     **kwargs,
 ):
     """`model.generate(input_values, attention_mask, ctc_draft=True, ...)`: same tokens as plain greedy generate.
 
     draft_override: B token lists (or a callable SpeechPrompt -> lists) used instead of the CTC hypothesis (tests,
     experiments). ctc_draft_window: most draft tokens verified per row and pass. ctc_draft_ngram: prompt-lookup
-    drafting once the CTC draft is used up. Statistics: `model.last_generate_stats` (see the module doc).
+    drafting once the CTC draft is used up. tokenizer: the LLM's tokenizer, needed (and only used) when the CTC
+    head spells characters (`config.ctc_head_vocab`): its greedy text is tokenized into the draft. Statistics:
+    `model.last_generate_stats` (see the module doc).
     """
     if not model.config.ctc_head:
         raise ValueError(
             f"ctc_draft=True drafts with the CTC head's hypothesis, but this model (bridge_type "
             f"{model.config.bridge_type!r}) has no CTC head; use a bridge_type='ctc' model or a conv-bridge model "
             "trained with ctc_head=True, or drop ctc_draft"
+        )
+    chars = model.config.ctc_head_vocab
+    if chars is not None and tokenizer is None and draft_override is None:
+        raise ValueError(
+            "this model's CTC head spells characters (config.ctc_head_vocab): generate(ctc_draft=True) needs "
+            "tokenizer=processor.tokenizer to turn its text into LLM tokens (the pipeline passes its own)"
         )
     kwargs.pop("labels", None)
     kwargs.pop("use_cache", None)  # the result does not depend on it; the verifier always caches
@@ -441,8 +452,11 @@ def ctc_draft_generate(
         drafts = draft_override
     else:
         drafts = ctc_greedy_drafts(
-            speech.ctc_logits, speech.frame_lengths, model.config.ctc_blank_id, model.config.text_config.vocab_size
+            speech.ctc_logits, speech.frame_lengths, model.config.ctc_blank_id, model.config.ctc_label_vocab_size
         )
+        if chars is not None:  # characters -> text -> the LLM's own pieces
+            texts = ["".join(chars[i] for i in draft) for draft in drafts]
+            drafts = tokenizer(texts, add_special_tokens=False)["input_ids"]
     drafts = [[int(t) for t in d] for d in drafts]
     if len(drafts) != batch:
         raise ValueError(f"draft_override has {len(drafts)} drafts for {batch} utterances")

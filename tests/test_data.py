@@ -248,3 +248,15 @@ def test_speech_collator_pads_audio_and_labels(tiny_processor):
     assert batch["labels"].dtype == torch.int64
     assert batch["labels"].tolist() == [row + [-100] * (width - len(row)) for row in ids]
     assert all(len(row) > 1 for row in ids) and len({len(row) for row in ids}) > 1  # the padding is exercised
+
+
+def test_speech_collator_builds_character_targets(tiny_processor):
+    vocab = ["が", "水", "猫", "は", "日", "今", "を"]
+    rows = [{"audio": np.zeros(4, dtype=np.float32), "text": "今日は晴れです"},
+            {"audio": np.zeros(4, dtype=np.float32), "text": "猫が水を飲みたい"},
+            {"audio": np.zeros(4, dtype=np.float32), "text": "hello"}]
+    batch = SpeechCollator(tiny_processor, ctc_vocab=vocab)(rows)
+    assert sorted(batch) == ["attention_mask", "ctc_targets", "input_values", "labels"]
+    assert batch["labels"].tolist() == SpeechCollator(tiny_processor)(rows)["labels"].tolist()
+    # characters outside the vocabulary are left out (晴れです, 飲みたい, hello)
+    assert batch["ctc_targets"].tolist() == [[5, 4, 3, -100], [2, 0, 1, 6], [-100] * 4]

@@ -228,6 +228,27 @@ def test_conv_bridge_ctc_head_adds_its_loss_and_leaves_the_prompt_alone():
         tiny_config("ctc", ctc_head=False)
 
 
+def test_character_ctc_head_trains_on_ctc_targets():
+    chars = list("abcdefg")
+    model = build(bridge_type="conv", ctc_head=True, ctc_head_vocab=chars, ctc_loss_weight=0.5)
+    assert model.config.ctc_num_labels == 8 and model.config.ctc_blank_id == 7
+    values, mask = padded_batch()
+    labels = torch.tensor([[5, 6, 7, 2], [8, 9, 2, -100], [10, 2, -100, -100]])
+    targets = torch.tensor([[0, 1, 1, 2], [3, 4, -100, -100], [6, -100, -100, -100]])
+    out = model(values, mask, labels=labels, ctc_targets=targets)
+    speech = model.encode_speech(values, mask)
+    assert speech.ctc_logits.shape == (3, 49, 8)
+    torch.testing.assert_close(out.ctc_loss, model.ctc_loss(speech.ctc_logits, speech.frame_lengths, targets))
+    torch.testing.assert_close(out.loss, out.llm_loss + 0.5 * out.ctc_loss)
+    with pytest.raises(ValueError, match="spells characters.*ctc_targets"):
+        model(values, mask, labels=labels)
+    assert model(values, mask).loss is None  # no labels, no losses: inference forward needs no targets
+    with pytest.raises(ValueError, match="needs bridge_type='conv' and ctc_head=True"):
+        tiny_config("ctc", ctc_head_vocab=chars)
+    with pytest.raises(ValueError, match="distinct"):
+        tiny_config("conv", ctc_head=True, ctc_head_vocab=["a", "a"])
+
+
 @pytest.mark.parametrize("bridge_type", ["conv", "ctc"])
 def test_gradients_reach_exactly_the_trainable_parameters(bridge_type):
     model = build(bridge_type=bridge_type).train()

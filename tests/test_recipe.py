@@ -73,6 +73,9 @@ def test_shortened_recipe_learns_and_writes_a_loadable_folder(tmp_path):
     assert (out / "training_curves.png").stat().st_size > 10_000
     model = HubertGptForConditionalGeneration.from_pretrained(out)
     assert model.config.bridge_type == "conv" and model.config.audio_config.hidden_size == 64  # --model_size tiny
+    # the draft head spells the training text's characters
+    train_text = "".join(datasets.load_from_disk(next((tmp_path / "data").iterdir()))["train"]["transcription"])
+    assert model.config.ctc_head_vocab == sorted(set(train_text))
 
 
 def test_transcribe_cli_reports_bad_files_and_goes_on(tmp_path):

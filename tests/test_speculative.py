@@ -206,6 +206,29 @@ def test_clear_errors():
         model.generate(values, mask, ctc_draft=True, draft_override=[[5]])
 
 
+def test_character_draft_head_drafts_through_the_tokenizer(tiny_tokenizer, tiny_feature_extractor):
+    torch.manual_seed(0)
+    chars = sorted(set("今日は明日学校で本を読みます"))
+    model = HubertGptForConditionalGeneration(
+        tiny_config("conv", tokenizer=tiny_tokenizer, ctc_head=True, ctc_head_vocab=chars)).eval()
+    values, mask = padded_batch()
+    greedy = model.generate(values, mask)
+    out = model.generate(values, mask, ctc_draft=True, tokenizer=tiny_tokenizer)
+    torch.testing.assert_close(out, greedy, rtol=0, atol=0)
+    speech = model.encode_speech(values, mask)
+    texts = ["".join(chars[i] for i in d)
+             for d in ctc_greedy_drafts(speech.ctc_logits, speech.frame_lengths, model.config.ctc_blank_id, len(chars))]
+    assert all(texts)  # the random head spells something, so the tokenizer's drafts are exercised
+    assert model.last_generate_stats["draft_lengths"] == [
+        len(tiny_tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    with pytest.raises(ValueError, match="needs tokenizer=processor.tokenizer"):
+        model.generate(values, mask, ctc_draft=True)
+    asr = HubertGptASRPipeline(model=model, tokenizer=tiny_tokenizer, feature_extractor=tiny_feature_extractor)
+    audios = [make_audio(s, seed=i) for i, s in enumerate([1.0, 0.5, 0.7])]
+    plain = [o["text"] for o in asr(audios, batch_size=3)]
+    assert [o["text"] for o in asr(audios, batch_size=3, generate_kwargs={"ctc_draft": True})] == plain
+
+
 # --- through the pipeline and from a saved folder -----------------------------------------------------------------
 def test_pipeline_generate_kwargs(tiny_tokenizer, tiny_feature_extractor):
     torch.manual_seed(0)
