@@ -11,6 +11,7 @@ Any Seq2SeqTrainingArguments flag works. `--deepspeed` without a launcher runs a
 """
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -94,6 +95,11 @@ class RunArguments:
     corpus_dir: str = field(default="data", metadata={"help": "recipe: where the synthetic corpus is cached"})
     max_train_minutes: float | None = field(default=None, metadata={"help": "stop training after this wall time"})
     export_dir: str | None = field(default=None, metadata={"help": "also write the Hub-ready folder here"})
+    draft_head_fit_steps: int = field(default=0, metadata={
+        "help": "after training, refit a conv bridge's CTC draft head (trained alone) on the final encoder for this "
+                "many steps (one process, no DeepSpeed/LoRA): better drafts for ctc_draft, same transcripts"})
+    draft_head_fit_utterances: int = field(default=1500, metadata={
+        "help": "training utterances whose encoder output the refit keeps in memory"})
 
 
 SMOKE = dict(max_steps=60, per_device_train_batch_size=8, per_device_eval_batch_size=16, learning_rate=3e-3,
@@ -107,7 +113,7 @@ RECIPE = dict(max_steps=4000, per_device_train_batch_size=16, per_device_eval_ba
 # Per bridge: the conv bridge gets a CTC draft head trained alone (small weight: see HubertGptConfig's
 # ctc_head_trains_encoder); the ctc bridge's own head trains the encoder at full weight.
 RECIPE_BY_BRIDGE = {"conv": dict(ctc_head=True, ctc_head_chars=True, ctc_head_trains_encoder=False,
-                                 ctc_loss_weight=0.01),
+                                 ctc_loss_weight=0.01, draft_head_fit_steps=3000),
                     "ctc": dict(ctc_loss_weight=1.0)}
 PRESETS = {"smoke": SMOKE, "recipe": RECIPE}
 
@@ -152,6 +158,21 @@ def default_rendezvous(argv):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def refit_draft_head(model, train, collator, rargs, margs, targs):
+    """--draft_head_fit_steps: refit the conv bridge's draft head on the trained encoder (see fit_draft_head)."""
+    config = model.config
+    if rargs.draft_head_fit_steps <= 0 or not (config.ctc_head and config.bridge_type == "conv"
+                                               and not config.ctc_head_trains_encoder):
+        return None
+    if targs.deepspeed or targs.world_size > 1 or margs.lora:
+        logger.warning("--draft_head_fit_steps: skipped (runs in one process without DeepSpeed or LoRA)")
+        return None
+    from hubert_gpt_training.draft_head import fit_draft_head
+
+    rows = list(itertools.islice(iter(train), rargs.draft_head_fit_utterances))
+    return fit_draft_head(model, rows, collator, steps=rargs.draft_head_fit_steps, seed=targs.seed)
 
 
 # 3. Model and processor ------------------------------------------------------------------------------------------------
@@ -389,6 +410,7 @@ def run(argv):
                                processing_class=processor,
                                compute_metrics=make_compute_metrics(processor), callbacks=[history])
     train_result = trainer.train(resume_from_checkpoint=targs.resume_from_checkpoint)
+    draft_fit = refit_draft_head(model, train, trainer.data_collator, rargs, margs, targs)
     metrics = trainer.evaluate(metric_key_prefix="test")
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     dataset_label = {"smoke": "tone-smoke", "recipe": "ja-synth"}.get(
@@ -400,7 +422,7 @@ def run(argv):
         "bridge_type": base.config.bridge_type, "global_step": trainer.state.global_step,
         "train_loss": train_result.training_loss, "train_runtime_s": round(train_result.metrics["train_runtime"], 1),
         "wall_s": round(time.time() - started, 1),  # data + model build + training + test evaluation
-        "parameters": parameters, "log_history": history.rows,
+        "parameters": parameters, "draft_head_fit": draft_fit, "log_history": history.rows,
     }
     summary = {"model_name": targs.hub_model_id or os.path.basename(os.path.abspath(targs.output_dir)),
                "bridge_type": base.config.bridge_type, "audio_frontend": base.config.audio_frontend,

@@ -417,6 +417,12 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     def encode_speech(self, input_values, attention_mask=None):
         """Audio (B, S) -> SpeechPrompt: speech (B, T', Dt) and lengths, CTC logits, encoder and sample lengths."""
+        hidden, frame_lengths, sample_lengths = self.encode_audio(input_values, attention_mask)
+        speech, speech_lengths, ctc_logits = self.bridge(hidden, frame_lengths)
+        return SpeechPrompt(speech, speech_lengths, ctc_logits, frame_lengths, sample_lengths)
+
+    def encode_audio(self, input_values, attention_mask=None):
+        """Audio (B, S) -> the encoder's output (B, T, Da), its frame lengths (B,) and the sample lengths (B,)."""
         input_values, sample_lengths = self._sample_lengths(input_values, attention_mask)
         if attention_mask is not None:
             # Padded samples are zeros, as they are for a single utterance run without padding.
@@ -432,9 +438,7 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         finally:
             if self._frame_norm is not None:
                 self._frame_norm.valid_lengths = None
-        frame_lengths = self.encoder_output_lengths(sample_lengths)
-        speech, speech_lengths, ctc_logits = self.bridge(hidden, frame_lengths)
-        return SpeechPrompt(speech, speech_lengths, ctc_logits, frame_lengths, sample_lengths)
+        return hidden, self.encoder_output_lengths(sample_lengths), sample_lengths
 
     def pack_prompt(self, speech, speech_lengths, text_ids=None, left_pad=False):
         """Lay out [bos] + speech + [sep] (+ transcript) per utterance.
@@ -492,20 +496,25 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         )
         llm_loss, ctc_loss, loss = outputs.loss, None, outputs.loss
         if labels is not None and speech.ctc_logits is not None and self.config.ctc_loss_weight > 0:
-            if self.config.ctc_head_vocab is None:
-                eos = self.generation_config.eos_token_id
-                ctc_targets = labels.masked_fill(labels == eos, -100)  # the transcript tokens, eos excluded
-            elif ctc_targets is None:
-                raise ValueError(
-                    "this model's CTC head spells characters (config.ctc_head_vocab): training needs ctc_targets, "
-                    "the transcript's character ids (hubert_gpt_training.data.SpeechCollator builds them), or set "
-                    "ctc_loss_weight=0"
-                )
-            ctc_loss = self.ctc_loss(speech.ctc_logits, speech.frame_lengths, ctc_targets.to(speech.ctc_logits.device))
+            targets = self.ctc_targets_for(labels, ctc_targets).to(speech.ctc_logits.device)
+            ctc_loss = self.ctc_loss(speech.ctc_logits, speech.frame_lengths, targets)
             loss = llm_loss + self.config.ctc_loss_weight * ctc_loss
         return HubertGptOutput(
             loss=loss, logits=outputs.logits, llm_loss=llm_loss, ctc_loss=ctc_loss, speech_lengths=speech.lengths
         )
+
+    def ctc_targets_for(self, labels, ctc_targets=None):
+        """What the CTC head learns to spell (B, N), -100 padded: the transcript tokens of `labels` without eos, or
+        for a character-level head (`config.ctc_head_vocab`) the character ids `ctc_targets`."""
+        if self.config.ctc_head_vocab is None:
+            return labels.masked_fill(labels == self.generation_config.eos_token_id, -100)
+        if ctc_targets is None:
+            raise ValueError(
+                "this model's CTC head spells characters (config.ctc_head_vocab): training needs ctc_targets, the "
+                "transcript's character ids (hubert_gpt_training.data.SpeechCollator builds them), or set "
+                "ctc_loss_weight=0"
+            )
+        return ctc_targets
 
     def ctc_loss(self, ctc_logits, frame_lengths, targets):
         """CTC loss of the targets (B, N) (-100 padded: tokens or characters) against the encoder frames."""

@@ -55,7 +55,8 @@ def test_shortened_recipe_learns_and_writes_a_loadable_folder(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "train_hf.py"), "--output_dir", str(out), "--corpus_hours", str(HOURS),
          "--corpus_dir", str(tmp_path / "data"), "--model_size", "tiny", "--max_steps", "40",
-         "--per_device_train_batch_size", "8", "--warmup_steps", "5", "--logging_steps", "5", "--eval_steps", "20"],
+         "--per_device_train_batch_size", "8", "--warmup_steps", "5", "--logging_steps", "5", "--eval_steps", "20",
+         "--draft_head_fit_steps", "50"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads((out / "results.json").read_text())
@@ -64,6 +65,8 @@ def test_shortened_recipe_learns_and_writes_a_loadable_folder(tmp_path):
     # The recognizer's loss falls, and its CTC draft head's (a Linear on the encoder output, gradient stopped:
     # slower to start) too.
     assert rows[-1]["llm_loss"] < 0.8 * rows[0]["llm_loss"] and rows[-1]["ctc_loss"] < 0.9 * rows[0]["ctc_loss"]
+    fit = results["draft_head_fit"]  # the draft head refitted on the trained encoder
+    assert fit["steps"] == 50 and fit["ctc_loss_last"] < fit["ctc_loss_first"]
     weight = HubertGptForConditionalGeneration.config_class.from_pretrained(out).ctc_loss_weight
     assert weight == 0.01
     for row in rows:  # the logged parts are the parts of the loss (means over the same steps)

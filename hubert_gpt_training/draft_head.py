@@ -1,0 +1,59 @@
+"""Fit a conv model's CTC draft head on its trained encoder, after training (the rest of the model is untouched)."""
+
+import logging
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+logger = logging.getLogger(__name__)
+
+
+def fit_draft_head(model, rows, collator, steps=3000, batch_size=16, lr=2e-3, seed=0):
+    """Train only `model.bridge.ctc_head` for `steps` Adam steps on the encoder's output for `rows`.
+
+    A draft head trained with its gradient stopped (`ctc_head_trains_encoder=False`) spends training chasing an
+    encoder that is still learning; refitted on the final encoder it drafts far better. The encoder runs once over
+    `rows` (a list of training rows as the collator takes them; their hidden states are kept in memory: pass as
+    many as fit); the CTC steps then only touch the head. Transcripts do not change (the prompt does not depend on
+    the head); speculative decoding's drafts do. Returns {"utterances", "steps", "ctc_loss_first", "ctc_loss_last"}
+    (mean CTC loss over the first and the last 10% of the steps).
+    """
+    if steps < 1 or not rows:
+        raise ValueError(f"fit_draft_head needs steps >= 1 and some rows (got steps={steps}, {len(rows)} rows)")
+    head = model.bridge.ctc_head
+    if head is None or model.config.bridge_type != "conv" or model.config.ctc_head_trains_encoder:
+        raise ValueError("fit_draft_head fits a conv bridge's CTC draft head trained alone (ctc_head=True, "
+                         "ctc_head_trains_encoder=False); this model has none")
+    was_training = model.training
+    model.eval()
+    device = head.weight.device
+    hidden, targets = [], []
+    rows = sorted(rows, key=lambda row: len(row["audio"]))  # similar lengths per batch: little padding
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            batch = collator(rows[start : start + batch_size])
+            states, frames, _ = model.encode_audio(batch["input_values"].to(device), batch["attention_mask"].to(device))
+            wanted = model.ctc_targets_for(batch["labels"], batch.get("ctc_targets"))  # (B, N), -100 padded
+            for state, n, target in zip(states, frames.tolist(), wanted):
+                hidden.append(state[:n])  # (T, Da)
+                targets.append(target[target != -100])
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    head.train()
+    for _ in range(steps):
+        pick = torch.randint(len(hidden), (min(batch_size, len(hidden)),), generator=generator).tolist()
+        states = pad_sequence([hidden[i] for i in pick], batch_first=True)  # (B, T, Da)
+        wanted = pad_sequence([targets[i] for i in pick], batch_first=True, padding_value=-100).to(device)
+        frames = torch.tensor([len(hidden[i]) for i in pick], device=device)
+        loss = model.ctc_loss(head(states), frames, wanted)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    model.train(was_training)
+    tenth = max(1, steps // 10)
+    report = {"utterances": len(hidden), "steps": steps,
+              "ctc_loss_first": sum(losses[:tenth]) / tenth, "ctc_loss_last": sum(losses[-tenth:]) / tenth}
+    logger.info(f"draft head refitted on the trained encoder: {report}")
+    return report
