@@ -160,21 +160,6 @@ def default_rendezvous(argv):
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
-def refit_draft_head(model, train, collator, rargs, margs, targs):
-    """--draft_head_fit_steps: refit the conv bridge's draft head on the trained encoder (see fit_draft_head)."""
-    config = model.config
-    if rargs.draft_head_fit_steps <= 0 or not (config.ctc_head and config.bridge_type == "conv"
-                                               and not config.ctc_head_trains_encoder):
-        return None
-    if targs.deepspeed or targs.world_size > 1 or margs.lora:
-        logger.warning("--draft_head_fit_steps: skipped (runs in one process without DeepSpeed or LoRA)")
-        return None
-    from hubert_gpt_training.draft_head import fit_draft_head
-
-    rows = list(itertools.islice(iter(train), rargs.draft_head_fit_utterances))
-    return fit_draft_head(model, rows, collator, steps=rargs.draft_head_fit_steps, seed=targs.seed)
-
-
 # 3. Model and processor ------------------------------------------------------------------------------------------------
 def build_model(margs, train_texts, work_dir):
     from modeling_hubert_gpt import HubertGptConfig, HubertGptForConditionalGeneration, HubertGptProcessor
@@ -373,6 +358,19 @@ def push(folder, repo_id, token=None):
 
 
 # 8. Main -------------------------------------------------------------------------------------------------------------
+def refit_draft_head(model, train, collator, rargs, margs, targs):
+    """--draft_head_fit_steps: refit the conv bridge's draft head on the trained encoder (see fit_draft_head)."""
+    if rargs.draft_head_fit_steps <= 0 or not model.config.ctc_head_alone:
+        return None
+    if targs.deepspeed or targs.world_size > 1 or margs.lora:
+        logger.warning("--draft_head_fit_steps: skipped (runs in one process without DeepSpeed or LoRA)")
+        return None
+    from hubert_gpt_training.draft_head import fit_draft_head
+
+    rows = list(itertools.islice(iter(train), rargs.draft_head_fit_utterances))
+    return fit_draft_head(model, rows, collator, steps=rargs.draft_head_fit_steps, seed=targs.seed)
+
+
 def run(argv):
     """Train, evaluate and write the folder; returns (results, trainer) for callers that inspect the run."""
     default_rendezvous(argv)

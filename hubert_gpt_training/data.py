@@ -12,6 +12,7 @@ from typing import Any
 
 import datasets
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from modeling_hubert_gpt.pipeline_hubert_gpt import load_audio
 
@@ -152,9 +153,7 @@ class SpeechCollator:
             return_tensors="pt",
         )
         if self._char_ids is not None:
-            ids = [[self._char_ids[c] for c in row["text"] if c in self._char_ids] for row in rows]
-            labels = torch.full((len(ids), max(map(len, ids), default=0)), -100, dtype=torch.long)
-            for row, chars in zip(labels, ids):
-                row[: len(chars)] = torch.tensor(chars, dtype=torch.long)
-            batch["ctc_targets"] = labels
+            ids = [torch.tensor([self._char_ids[c] for c in row["text"] if c in self._char_ids], dtype=torch.long)
+                   for row in rows]
+            batch["ctc_targets"] = pad_sequence(ids, batch_first=True, padding_value=-100)  # (B, C)
         return batch

@@ -20,10 +20,10 @@ def fit_draft_head(model, rows, collator, steps=3000, batch_size=16, lr=2e-3, se
     """
     if steps < 1 or not rows:
         raise ValueError(f"fit_draft_head needs steps >= 1 and some rows (got steps={steps}, {len(rows)} rows)")
-    head = model.bridge.ctc_head
-    if head is None or model.config.bridge_type != "conv" or model.config.ctc_head_trains_encoder:
+    if not model.config.ctc_head_alone:
         raise ValueError("fit_draft_head fits a conv bridge's CTC draft head trained alone (ctc_head=True, "
                          "ctc_head_trains_encoder=False); this model has none")
+    head = model.bridge.ctc_head
     was_training = model.training
     model.eval()
     device = head.weight.device

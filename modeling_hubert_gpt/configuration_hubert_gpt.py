@@ -180,6 +180,11 @@ class HubertGptConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
     @property
+    def ctc_head_alone(self):
+        """A conv bridge's CTC draft head whose loss trains the head alone (the encoder's gradient stopped)."""
+        return self.bridge_type == "conv" and self.ctc_head and not self.ctc_head_trains_encoder
+
+    @property
     def ctc_label_vocab_size(self):
         """What the CTC head spells: the LLM vocabulary, or the characters of `ctc_head_vocab`."""
         return self.text_config.vocab_size if self.ctc_head_vocab is None else len(self.ctc_head_vocab)

@@ -317,7 +317,7 @@ class HubertGptASRPipeline(AutomaticSpeechRecognitionPipeline):
         input_values = features["input_values"].to(self.device, self.model.dtype)  # (B, S)
         attention_mask = features["attention_mask"].to(self.device, torch.long)  # (B, S)
         generate_kwargs = self._prepare_generate_kwargs(generate_kwargs)
-        if generate_kwargs.get("ctc_draft") and getattr(self.model.config, "ctc_head_vocab", None) is not None:
+        if generate_kwargs.get("ctc_draft") and self.model.config.ctc_head_vocab is not None:
             generate_kwargs.setdefault("tokenizer", self.tokenizer)  # a character-level draft head needs it
         tokens = self.model.generate(input_values=input_values, attention_mask=attention_mask, **generate_kwargs)
         if not isinstance(tokens, torch.Tensor):  # return_dict_in_generate=True

@@ -22,8 +22,9 @@ has eos; the LLM ends with it). A pointer walks the draft. After a mismatch the 
 draft near where it was expected, nearest first (at most 4 ahead or back): ahead, the draft has extra tokens (skip
 them); back, t repeats the last token (CTC collapsed a real double letter) or the draft lacks tokens the LLM says
 (an earlier mismatch was taken for a substitution and skipped a token still to come); if t is nowhere near, it is
-taken as a substitution and the pointer moves one past. When the draft is used up (or empty), prompt-lookup drafting takes over: the longest recent
-n-gram (n <= 3) ending the output is found earlier in draft + output, and what followed it is proposed. At most
+taken as a substitution and the pointer moves one past. When the draft is used up (or empty), prompt-lookup
+drafting takes over: the longest recent n-gram (n <= 3) ending the output is found earlier in draft + output, and
+what followed it is proposed. At most
 `ctc_draft_window` (32) tokens are proposed per pass; after a mismatch the window shrinks to max(4, 2 x accepted)
 and after a fully accepted pass it doubles back, so a poor draft wastes few positions (on a GPU a pass costs about the same for 1 or 32
 tokens; on a CPU the extra positions cost compute).
