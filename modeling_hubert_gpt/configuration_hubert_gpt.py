@@ -94,6 +94,11 @@ class HubertGptConfig(PretrainedConfig):
             looping LLM cannot run away.
         sampling_rate (`int`, *optional*, defaults to 16000):
             Sampling rate of the encoder's input audio.
+        encoder_max_padding (`float`, *optional*, defaults to 0.1):
+            On CPU, a batch of audio of mixed lengths is encoded in length-sorted groups, each with at most this
+            share of padded samples: a CPU encoder is compute-bound, so batching saves it nothing while padding costs
+            its full share. `None` encodes every batch in one call, as accelerators always do (there one large call
+            beats several small ones). Outputs are the same either way.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the bridge weights' initialisation.
     """
@@ -121,6 +126,7 @@ class HubertGptConfig(PretrainedConfig):
         max_new_tokens_per_second=4.0,
         max_new_tokens_base=20,
         sampling_rate=16000,
+        encoder_max_padding=0.1,
         initializer_range=0.02,
         **kwargs,
     ):
@@ -175,6 +181,9 @@ class HubertGptConfig(PretrainedConfig):
         self.max_new_tokens_per_second = max_new_tokens_per_second
         self.max_new_tokens_base = max_new_tokens_base
         self.sampling_rate = sampling_rate
+        if encoder_max_padding is not None and not 0 <= encoder_max_padding < 1:
+            raise ValueError(f"encoder_max_padding must be None or a share in [0, 1), got {encoder_max_padding!r}")
+        self.encoder_max_padding = encoder_max_padding
         self.initializer_range = initializer_range
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)

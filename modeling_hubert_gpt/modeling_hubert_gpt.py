@@ -45,6 +45,20 @@ def receptive_field(kernel_sizes, strides):
     return field
 
 
+def length_groups(lengths, max_padding):
+    """Split a batch into groups of similar length, longest first: each group padded to its longest keeps at most
+    `max_padding` of its positions as padding. Returns lists of indices into `lengths`."""
+    groups, real = [], 0
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if groups and (real + lengths[i]) >= (1 - max_padding) * lengths[groups[-1][0]] * (len(groups[-1]) + 1):
+            groups[-1].append(i)
+            real += lengths[i]
+        else:
+            groups.append([i])
+            real = lengths[i]
+    return groups
+
+
 class LogMelFrontEnd(nn.Module):
     """`audio_frontend="log_mel"`: a log-mel spectrogram + Conv1d(k=3) + LayerNorm + GELU in place of the conv stack.
 
@@ -422,23 +436,45 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         return SpeechPrompt(speech, speech_lengths, ctc_logits, frame_lengths, sample_lengths)
 
     def encode_audio(self, input_values, attention_mask=None):
-        """Audio (B, S) -> the encoder's output (B, T, Da), its frame lengths (B,) and the sample lengths (B,)."""
+        """Audio (B, S) -> the encoder's output (B, T, Da), its frame lengths (B,) and the sample lengths (B,).
+
+        On CPU a batch of mixed lengths runs in length-sorted groups (`config.encoder_max_padding`); the frames
+        after an utterance's end are zeros then.
+        """
         input_values, sample_lengths = self._sample_lengths(input_values, attention_mask)
         if attention_mask is not None:
             # Padded samples are zeros, as they are for a single utterance run without padding.
             attention_mask = attention_mask.to(input_values.device).long()
             input_values = input_values * attention_mask
+        frame_lengths = self.encoder_output_lengths(sample_lengths)
+        groups = None
+        if input_values.device.type == "cpu" and self.config.encoder_max_padding is not None and attention_mask is not None:
+            groups = length_groups(sample_lengths.tolist(), self.config.encoder_max_padding)
+        if groups is None or len(groups) == 1:
+            return self._run_encoder(input_values, attention_mask, sample_lengths), frame_lengths, sample_lengths
+        frames = int(frame_lengths.max())
+        parts = []
+        for group in groups:
+            index = torch.tensor(group, device=input_values.device)
+            samples = int(sample_lengths[index].max())
+            hidden = self._run_encoder(input_values[index, :samples], attention_mask[index, :samples], sample_lengths[index])
+            parts.append(F.pad(hidden, (0, 0, 0, frames - hidden.shape[1])))  # (G, T, Da): zeros after the longest
+        order = torch.tensor([i for group in groups for i in group], device=input_values.device)
+        hidden = torch.cat(parts)[torch.argsort(order)]  # (B, T, Da) back in the batch's order
+        return hidden, frame_lengths, sample_lengths
+
+    def _run_encoder(self, input_values, attention_mask, sample_lengths):
+        """One encoder call: (B, S) zero-padded audio -> (B, T, Da)."""
         audio = self.config.audio_config
         if self._frame_norm is not None:
             self._frame_norm.valid_lengths = conv_output_lengths(sample_lengths, audio.conv_kernel[:1], audio.conv_stride[:1])
         try:
-            hidden = self.audio_tower(
+            return self.audio_tower(
                 input_values.to(self.audio_tower.dtype), attention_mask=attention_mask
             ).last_hidden_state  # (B, T, Da)
         finally:
             if self._frame_norm is not None:
                 self._frame_norm.valid_lengths = None
-        return hidden, self.encoder_output_lengths(sample_lengths), sample_lengths
 
     def pack_prompt(self, speech, speech_lengths, text_ids=None, left_pad=False):
         """Lay out [bos] + speech + [sep] (+ transcript) per utterance.

@@ -7,6 +7,7 @@ from transformers import GPTNeoXConfig, HubertModel, T5Config
 
 from hubert_gpt_training.tiny import tiny_config
 from modeling_hubert_gpt import HubertGptConfig, HubertGptForConditionalGeneration
+from modeling_hubert_gpt.modeling_hubert_gpt import length_groups
 
 LENGTHS = [16000, 9000, 5000]
 
@@ -46,9 +47,12 @@ VARIANTS = [
 ]
 
 
+@pytest.mark.parametrize("max_padding", [None, 0.1], ids=["one-encoder-call", "length-groups"])
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(v.values()))
-def test_batched_generate_equals_single(variant):
-    model = build(**variant)
+def test_batched_generate_equals_single(variant, max_padding):
+    # None: the whole padded batch through the encoder at once (masks, group norm); 0.1: the CPU default, where
+    # these lengths are encoded one group each and only the bridge and the LLM see a padded batch.
+    model = build(encoder_max_padding=max_padding, **variant)
     values, mask = padded_batch()
     batched = model.generate(values, mask)
     pad = model.generation_config.pad_token_id
@@ -93,7 +97,7 @@ def test_log_mel_front_end_errors():
 
 def test_group_norm_padding_is_handled_and_would_matter():
     """A 'group' encoder run naively on a padded batch changes the short utterance; ours does not."""
-    model = build(feat_extract_norm="group")
+    model = build(feat_extract_norm="group", encoder_max_padding=None)  # one padded encoder call
     values, mask = padded_batch()
     naive = HubertModel(model.config.audio_config).eval()
     naive.load_state_dict(model.audio_tower.state_dict())
@@ -106,6 +110,43 @@ def test_group_norm_padding_is_handled_and_would_matter():
         speech_s = model.encode_speech(values[2:3, :n])
     assert (alone - in_batch).abs().max() > 1e-2  # the naive batch is measurably wrong
     torch.testing.assert_close(speech_b.embeds[2, : speech_b.lengths[2]], speech_s.embeds[0], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("feat_extract_norm", ["layer", "group"])
+def test_cpu_batch_is_encoded_in_length_groups(feat_extract_norm):
+    """config.encoder_max_padding: the encoder sees length-sorted groups with little padding; the speech prompts,
+    the transcripts and the gradients are those of the whole padded batch encoded at once."""
+    lengths = [9000, 16000, 5000, 15500, 8800]
+    grouped = build(feat_extract_norm=feat_extract_norm)
+    whole = build(feat_extract_norm=feat_extract_norm, encoder_max_padding=None)
+    assert grouped.config.encoder_max_padding == 0.1  # the default
+    values, mask = padded_batch(lengths)
+    seen = []
+    hook = grouped.audio_tower.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
+    speech_g, speech_w = grouped.encode_speech(values, mask), whole.encode_speech(values, mask)
+    hook.remove()
+    assert seen == [(2, 16000), (2, 9000), (1, 5000)]  # longest first: [16000, 15500], [9000, 8800], [5000]
+    torch.testing.assert_close(speech_g.lengths, speech_w.lengths, rtol=0, atol=0)
+    for i in range(len(lengths)):
+        n = speech_g.lengths[i]
+        torch.testing.assert_close(speech_g.embeds[i, :n], speech_w.embeds[i, :n], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(grouped.generate(values, mask), whole.generate(values, mask), rtol=0, atol=0)
+    labels = torch.tensor([[5, 6, 2], [7, 2, -100], [8, 9, 2], [5, 2, -100], [6, 6, 2]])
+    for model in (grouped, whole):  # eval mode: no dropout or SpecAugment draws to differ
+        model(values, mask, labels=labels).loss.backward()
+    for (name, g), w in zip(grouped.named_parameters(), whole.parameters()):
+        if g.grad is not None or w.grad is not None:
+            torch.testing.assert_close(g.grad, w.grad, atol=1e-5, rtol=1e-3, msg=name)
+
+
+def test_length_groups():
+    assert length_groups([10, 9, 1, 5, 5, 10, 4], 0.1) == [[0, 5, 1], [3, 4, 6], [2]]
+    assert length_groups([3, 3, 3], 0.0) == [[0, 1, 2]]
+    assert length_groups([5, 1], 0.3) == [[0], [1]]  # 5 + 1 = 6 real of 10 padded: 40% padding
+    assert length_groups([5, 1], 0.4) == [[0, 1]]
+    assert length_groups([5, 4], 0.2) == [[0, 1]]
+    with pytest.raises(ValueError, match="encoder_max_padding must be None or a share"):
+        tiny_config(encoder_max_padding=1.5)
 
 
 @pytest.mark.parametrize("bridge_type", ["conv", "ctc"])
