@@ -19,9 +19,11 @@ def run_bench(script, args, tmp_path):
 def test_inference_bench_checks_every_variant_against_the_baseline(tmp_path):
     result, stdout = run_bench("inference.py", ["--utterances", "4", "--seconds", "1", "2", "--width", "32",
                                                 "--layers", "1", "--llm-width", "32", "--llm-layers", "1",
-                                                "--vocab", "100"], tmp_path)
+                                                "--vocab", "100", "--repeat", "2"], tmp_path)
     assert result["identical"] is True and result["failures"] == []
-    assert result["device"].startswith("cpu") and result["utterances"] == 4
+    assert result["device"].startswith("cpu") and result["utterances"] == 4 and result["repeat"] == 2
+    oracle = next(r for r in result["rows"] if r["variant"] == "ctc spec b1, oracle draft")
+    assert oracle["passes"] == 4  # one pass per utterance (the draft is right), counted for one run, not both
     for key in ("batched_speedup_16", "spec_passes_per_token", "spec_speedup"):
         assert result[key] > 0
     assert result["spec_passes_per_token_oracle"] < result["spec_passes_per_token_noisy30"]  # a right draft saves passes
