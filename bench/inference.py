@@ -35,8 +35,8 @@ random CTC head's blank bias is set so that ~20% of frames carry a label (a trai
 
 CPU runs use torch's default threads (one per core), as a user's would; `--threads 1` on a machine shared with other
 busy jobs, where OpenMP barriers across busy cores turn a 1 ms decoding step into tens of ms at random. On CPU the
-one-at-a-time baseline is memory-bandwidth bound (each token reads all LLM weights) and gains little from more cores;
-batched decoding, the encoder and the prefill are compute-bound and gain nearly 2x from 2 cores.
+one-at-a-time baseline (a matrix-vector product per LLM weight matrix per token, plus per-step framework work) gains
+little from more cores; batched decoding, the encoder and the prefill are compute-bound and gain nearly 2x from 2.
 
 On CUDA it also runs the paper-scale shape (HuBERT-base + a 3.6B GPT-NeoX, random weights, bf16): decode time per
 token vs the bound "LLM weight bytes / memory bandwidth" (bandwidth measured with a device copy).
