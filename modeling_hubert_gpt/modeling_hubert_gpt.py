@@ -591,6 +591,12 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
                 kwargs["stopping_criteria"] = StoppingCriteriaList(
                     [*kwargs.get("stopping_criteria", []), _PerUtteranceLimit(limits)]
                 )
+        if (generation_config.num_beams == 1 and generation_config.use_cache is not False
+                and generation_config.cache_implementation is None and not {"cache", "past_key_values"} & set(kwargs)):
+            # a KV cache that appends in place (beam search reorders its cache every step: it keeps the default)
+            from .cache_hubert_gpt import cache_keyword, new_cache  # a relative import: the file is saved alongside
+
+            kwargs[cache_keyword(self.language_model)[0]] = new_cache(self.language_model)
         return self.language_model.generate(
             inputs_embeds=embeds,
             attention_mask=prompt_mask,

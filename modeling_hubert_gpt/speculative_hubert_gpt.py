@@ -29,7 +29,7 @@ what followed it is proposed. At most
 and after a fully accepted pass it doubles back, so a poor draft wastes few positions (on a GPU a pass costs about the same for 1 or 32
 tokens; on a CPU the extra positions cost compute).
 
-Batching: rows stay in one batch with one DynamicCache. Rows accept different numbers of tokens per pass, so after a
+Batching: rows stay in one batch with one KV cache (`cache_hubert_gpt.new_cache`). Rows accept different numbers of tokens per pass, so after a
 pass the cache is cropped to the shortest row's verified length (`cache.crop`); the other rows' extra verified
 tokens are fed again next pass, in front of their next draft window (their KV is recomputed, a few tokens; no
 tokens are re-verified or lost). Inputs of different lengths are right-padded and masked, and the crop removes
@@ -53,10 +53,10 @@ Remote code: imports torch and the public transformers API only.
 """
 
 import copy
-import inspect
 
 import torch
-from transformers import DynamicCache
+
+from .cache_hubert_gpt import cache_keyword, new_cache  # a relative import: the file is saved alongside
 
 DEFAULT_WINDOW = 32  # most draft tokens verified per row and pass
 MIN_WINDOW = 4  # the adaptive window never shrinks below this
@@ -185,18 +185,6 @@ class DraftAligner:
 
 
 # --- the verifier ------------------------------------------------------------------------------------------------------
-def _forward_kwargs(language_model):
-    params = inspect.signature(language_model.forward).parameters
-    return ("cache" if "cache" in params else "past_key_values"), "logits_to_keep" in params
-
-
-def _new_cache(language_model):
-    try:
-        return DynamicCache(config=language_model.config)
-    except TypeError:  # older transformers
-        return DynamicCache()
-
-
 @torch.no_grad()
 def speculative_greedy_decode(
     language_model,
@@ -224,7 +212,7 @@ def speculative_greedy_decode(
     eos_set = set(eos_ids)
     limits = [int(x) for x in limits]
     window = max(int(window), 0)
-    cache_name, has_keep = _forward_kwargs(language_model)
+    cache_name, has_keep = cache_keyword(language_model)
     embed = language_model.get_input_embeddings()
     aligners = [DraftAligner(d, eos_ids[0] if eos_ids else None, ngram, window) for d in drafts]
     outputs = [[] for _ in range(batch)]
@@ -240,7 +228,7 @@ def speculative_greedy_decode(
     if streamer is not None:
         streamer.put(torch.empty((1, 0), dtype=torch.long))  # the (empty) prompt, as generate() does
     if active:
-        cache = _new_cache(language_model)
+        cache = new_cache(language_model)
         if not getattr(cache, "is_croppable", True) or any(getattr(cache, "is_sliding", None) or []):
             raise ValueError(
                 "ctc_draft=True rolls the KV cache back after rejected draft tokens, which this LLM's cache "

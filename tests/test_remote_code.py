@@ -32,7 +32,8 @@ def test_folder_holds_safetensors_and_remote_code(saved):
     _, _, _, folder = saved
     files = set(os.listdir(folder))
     assert {"model.safetensors", "config.json", "configuration_hubert_gpt.py", "modeling_hubert_gpt.py",
-            "processing_hubert_gpt.py", "pipeline_hubert_gpt.py", "speculative_hubert_gpt.py"} <= files
+            "processing_hubert_gpt.py", "pipeline_hubert_gpt.py", "speculative_hubert_gpt.py",
+            "cache_hubert_gpt.py"} <= files
     assert not any(f.endswith((".bin", ".pt")) for f in files)
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"]["AutoModel"] == config["auto_map"]["AutoModelForSpeechSeq2Seq"]
