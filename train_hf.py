@@ -56,6 +56,9 @@ class ModelArguments:
     ctc_head_chars: bool = field(default=False, metadata={
         "help": "with --ctc_head: the new head spells the training text's characters (its text is tokenized into "
                 "the draft), not LLM tokens"})
+    ctc_head_kernel_size: int = field(default=1, metadata={
+        "help": "with --ctc_head: 1 = a Linear per frame; odd k > 1 = Conv1d over k frames + GELU + Linear (a better "
+                "draft)"})
     ctc_loss_weight: float | None = field(default=None, metadata={"help": "aux CTC loss weight (models with a CTC head)"})
     vocab_size: int = field(default=200, metadata={"help": "sentencepiece size for a random-init model's tokenizer"})
     freeze_encoder: bool = field(default=False, metadata={"help": "keep the speech encoder fixed"})
@@ -113,7 +116,7 @@ RECIPE = dict(max_steps=4000, per_device_train_batch_size=16, per_device_eval_ba
 # Per bridge: the conv bridge gets a CTC draft head trained alone (small weight: see HubertGptConfig's
 # ctc_head_trains_encoder); the ctc bridge's own head trains the encoder at full weight.
 RECIPE_BY_BRIDGE = {"conv": dict(ctc_head=True, ctc_head_chars=True, ctc_head_trains_encoder=False,
-                                 ctc_loss_weight=0.01, draft_head_fit_steps=3000),
+                                 ctc_head_kernel_size=5, ctc_loss_weight=0.01, draft_head_fit_steps=6000),
                     "ctc": dict(ctc_loss_weight=1.0)}
 PRESETS = {"smoke": SMOKE, "recipe": RECIPE}
 
@@ -168,7 +171,8 @@ def build_model(margs, train_texts, work_dir):
     existing = HubertGptConfig.from_pretrained(margs.model_name_or_path) if margs.model_name_or_path else None
     bridge = existing.bridge_type if existing else margs.bridge
     if margs.ctc_head and bridge == "conv" and not (existing and existing.ctc_head):  # the ctc bridge has its own
-        extra.update(ctc_head=True, ctc_head_trains_encoder=margs.ctc_head_trains_encoder)
+        extra.update(ctc_head=True, ctc_head_trains_encoder=margs.ctc_head_trains_encoder,
+                     ctc_head_kernel_size=margs.ctc_head_kernel_size)
         if margs.ctc_head_chars:
             extra["ctc_head_vocab"] = sorted(set("".join(train_texts)))
     if margs.model_name_or_path:

@@ -26,7 +26,7 @@ def fit_draft_head(model, rows, collator, steps=3000, batch_size=16, lr=2e-3, se
     head = model.bridge.ctc_head
     was_training = model.training
     model.eval()
-    device = head.weight.device
+    device = next(head.parameters()).device
     hidden, targets = [], []
     rows = sorted(rows, key=lambda row: len(row["audio"]))  # similar lengths per batch: little padding
     with torch.no_grad():
@@ -46,7 +46,7 @@ def fit_draft_head(model, rows, collator, steps=3000, batch_size=16, lr=2e-3, se
         states = pad_sequence([hidden[i] for i in pick], batch_first=True)  # (B, T, Da)
         wanted = pad_sequence([targets[i] for i in pick], batch_first=True, padding_value=-100).to(device)
         frames = torch.tensor([len(hidden[i]) for i in pick], device=device)
-        loss = model.ctc_loss(head(states), frames, wanted)
+        loss = model.ctc_loss(model.bridge.draft_logits(states, frames), frames, wanted)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -74,6 +74,10 @@ class HubertGptConfig(PretrainedConfig):
             which the training collator builds) and its greedy text is tokenized by the LLM's tokenizer to draft
             (`generate(..., ctc_draft=True, tokenizer=...)`; the pipeline passes its own): it matches the LLM's
             pieces far better than token-level CTC, which cannot spell long sentencepiece pieces.
+        ctc_head_kernel_size (`int`, *optional*, defaults to 1):
+            Conv bridge with `ctc_head=True`: 1 makes the draft head one Linear per frame; an odd k > 1 puts a
+            Conv1d over k frames (the encoder's width, same padding) and a GELU before it, so each frame's label sees
+            its neighbours: a far better draft for little compute (the head does not touch the prompt).
         ctc_blank_id (`int`, *optional*):
             Index of the blank label in the CTC head's output. Defaults to an extra class after the labels
             (`text_config.vocab_size`, or `len(ctc_head_vocab)`).
@@ -118,6 +122,7 @@ class HubertGptConfig(PretrainedConfig):
         ctc_head=None,
         ctc_head_trains_encoder=True,
         ctc_head_vocab=None,
+        ctc_head_kernel_size=1,
         ctc_blank_id=None,
         ctc_merge_repeats=True,
         ctc_loss_weight=0.3,
@@ -167,6 +172,12 @@ class HubertGptConfig(PretrainedConfig):
             if len(set(ctc_head_vocab)) != len(ctc_head_vocab) or not all(isinstance(c, str) and c for c in ctc_head_vocab):
                 raise ValueError("ctc_head_vocab must be a list of distinct, non-empty strings (characters)")
         self.ctc_head_vocab = None if ctc_head_vocab is None else list(ctc_head_vocab)
+        if not (isinstance(ctc_head_kernel_size, int) and ctc_head_kernel_size >= 1 and ctc_head_kernel_size % 2):
+            raise ValueError(f"ctc_head_kernel_size must be an odd int >= 1, got {ctc_head_kernel_size!r}")
+        if ctc_head_kernel_size > 1 and (bridge_type != "conv" or not self.ctc_head):
+            raise ValueError("ctc_head_kernel_size > 1 (a conv draft head) needs bridge_type='conv' and ctc_head=True; "
+                             "the ctc bridge's head labels each frame alone to pick the prompt's frames")
+        self.ctc_head_kernel_size = ctc_head_kernel_size
         vocab_size = self.ctc_label_vocab_size
         self.ctc_blank_id = vocab_size if ctc_blank_id is None else ctc_blank_id
         if not 0 <= self.ctc_blank_id <= vocab_size:

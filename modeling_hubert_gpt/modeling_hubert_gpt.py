@@ -127,6 +127,26 @@ class UtteranceGroupNorm(nn.GroupNorm):
         return normed
 
 
+class CtcDraftHead(nn.Module):
+    """`ctc_head_kernel_size=k > 1`: Conv1d over k encoder frames (same padding) + GELU + Linear to the CTC labels.
+
+    Frames past each utterance's end are zeroed first, so a padded utterance gets the logits it gets alone.
+    """
+
+    def __init__(self, width, num_labels, kernel_size):
+        super().__init__()
+        self.conv = nn.Conv1d(width, width, kernel_size, padding=kernel_size // 2)
+        self.out = nn.Linear(width, num_labels)
+
+    def forward(self, hidden, frame_lengths=None):
+        """hidden (B, T, Da), frame_lengths (B,) -> logits (B, T, V+1)."""
+        if frame_lengths is not None:
+            valid = torch.arange(hidden.shape[1], device=hidden.device) < frame_lengths.to(hidden.device)[:, None]
+            hidden = hidden * valid[..., None].to(hidden.dtype)
+        hidden = F.gelu(self.conv(hidden.transpose(1, 2))).transpose(1, 2)  # (B, Da, T) for Conv1d, back to (B, T, Da)
+        return self.out(hidden)
+
+
 class HubertGptConvBridge(nn.Module):
     """Strided Conv1d + GELU layers (50 Hz -> 12.5 Hz by default), then a Linear to the LLM width.
 
@@ -144,18 +164,28 @@ class HubertGptConvBridge(nn.Module):
             nn.Conv1d(width, width, kernel_size=k, stride=s) for k, s in zip(self.kernel_sizes, self.strides)
         )
         self.proj = nn.Linear(width, config.text_config.hidden_size)
-        self.ctc_head = nn.Linear(width, config.ctc_num_labels) if config.ctc_head else None
+        self.ctc_head = None
+        if config.ctc_head:
+            kernel = config.ctc_head_kernel_size
+            self.ctc_head = (nn.Linear(width, config.ctc_num_labels) if kernel == 1
+                             else CtcDraftHead(width, config.ctc_num_labels, kernel))
         self.ctc_head_trains_encoder = config.ctc_head_trains_encoder
 
     def output_lengths(self, frame_lengths):
         return conv_output_lengths(frame_lengths, self.kernel_sizes, self.strides)
+
+    def draft_logits(self, hidden, frame_lengths):
+        """The CTC head's logits (B, T, V+1) for the encoder output (B, T, Da) with frame_lengths (B,)."""
+        if isinstance(self.ctc_head, CtcDraftHead):
+            return self.ctc_head(hidden, frame_lengths)
+        return self.ctc_head(hidden)
 
     def forward(self, hidden, frame_lengths):
         """hidden (B, T, Da), frame_lengths (B,) -> speech (B, T', Dt), speech_lengths (B,), ctc logits (B, T, V+1)
         or None."""
         ctc_logits = None
         if self.ctc_head is not None:
-            ctc_logits = self.ctc_head(hidden if self.ctc_head_trains_encoder else hidden.detach())
+            ctc_logits = self.draft_logits(hidden if self.ctc_head_trains_encoder else hidden.detach(), frame_lengths)
         hidden = hidden.transpose(1, 2)  # (B, Da, T): channels first for Conv1d
         for conv in self.convs:
             hidden = F.gelu(conv(hidden))

@@ -12,12 +12,13 @@ from modeling_hubert_gpt import HubertGptForConditionalGeneration
 TEXTS = ["今日は雨", "明日は晴れ", "猫が水を飲む", "本を読む"]
 
 
-@pytest.mark.parametrize("characters", [True, False], ids=["character-head", "token-head"])
-def test_refit_lowers_the_ctc_loss_and_changes_only_the_head(tiny_processor, characters):
+@pytest.mark.parametrize("characters,kernel", [(True, 1), (False, 1), (True, 3)],
+                         ids=["character-head", "token-head", "character-conv-head"])
+def test_refit_lowers_the_ctc_loss_and_changes_only_the_head(tiny_processor, characters, kernel):
     torch.manual_seed(0)
     vocab = sorted(set("".join(TEXTS))) if characters else None
     config = tiny_config("conv", tokenizer=tiny_processor.tokenizer, ctc_head=True, ctc_head_trains_encoder=False,
-                         ctc_head_vocab=vocab)
+                         ctc_head_vocab=vocab, ctc_head_kernel_size=kernel)
     model = HubertGptForConditionalGeneration(config).train()
     rows = [{"audio": make_audio(0.6 + 0.1 * i, seed=i), "text": t} for i, t in enumerate(TEXTS)]
     collator = SpeechCollator(tiny_processor, ctc_vocab=vocab)
@@ -32,7 +33,8 @@ def test_refit_lowers_the_ctc_loss_and_changes_only_the_head(tiny_processor, cha
     assert report["utterances"] == 4 and report["steps"] == 100
     assert report["ctc_loss_last"] < 0.5 * report["ctc_loss_first"]
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
-    assert changed == {"bridge.ctc_head.weight", "bridge.ctc_head.bias"}
+    head = ["weight", "bias"] if kernel == 1 else ["conv.weight", "conv.bias", "out.weight", "out.bias"]
+    assert changed == {f"bridge.ctc_head.{name}" for name in head}
     torch.testing.assert_close(model.eval().generate(batch["input_values"], batch["attention_mask"]), tokens,
                                rtol=0, atol=0)
 

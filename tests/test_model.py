@@ -290,6 +290,34 @@ def test_character_ctc_head_trains_on_ctc_targets():
         tiny_config("conv", ctc_head=True, ctc_head_vocab=["a", "a"])
 
 
+def test_conv_draft_head_sees_neighbouring_frames_and_ignores_padding(tmp_path):
+    model = build(bridge_type="conv", ctc_head=True, ctc_head_trains_encoder=False, ctc_head_kernel_size=5,
+                  encoder_max_padding=None)  # one padded encoder call: frames past the end are not zeros
+    values, mask = padded_batch()
+    speech = model.encode_speech(values, mask)
+    assert speech.ctc_logits.shape == (3, 49, model.config.ctc_num_labels)
+    for i, n in enumerate(LENGTHS):
+        alone = model.encode_speech(values[i : i + 1, :n])
+        frames = int(alone.frame_lengths[0])
+        torch.testing.assert_close(speech.ctc_logits[i, :frames], alone.ctc_logits[0], atol=1e-5, rtol=1e-4)
+    # frame t's logits change when frame t + 2 changes (kernel 5), not when frame t + 3 does
+    hidden = torch.randn(1, 20, model.config.audio_config.hidden_size)
+    nudged = hidden.clone()
+    nudged[0, 12] += 1.0
+    head = model.bridge.ctc_head
+    changed = (head(nudged) - head(hidden)).abs().amax(-1)[0] > 0
+    assert changed.nonzero().flatten().tolist() == [10, 11, 12, 13, 14]
+    model.save_pretrained(tmp_path)
+    loaded = HubertGptForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert loaded.config.ctc_head_kernel_size == 5
+    torch.testing.assert_close(loaded.encode_speech(values, mask).ctc_logits, speech.ctc_logits, rtol=0, atol=0)
+    for bad, match in ((4, "odd int"), (0, "odd int")):
+        with pytest.raises(ValueError, match=match):
+            tiny_config("conv", ctc_head=True, ctc_head_kernel_size=bad)
+    with pytest.raises(ValueError, match="conv draft head"):
+        tiny_config("ctc", ctc_head_kernel_size=3)
+
+
 @pytest.mark.parametrize("bridge_type", ["conv", "ctc"])
 def test_gradients_reach_exactly_the_trainable_parameters(bridge_type):
     model = build(bridge_type=bridge_type).train()

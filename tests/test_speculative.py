@@ -145,6 +145,7 @@ def test_verifier_without_drafts_is_one_token_per_pass(ctc_model):
         dict(seed=1, feat_extract_norm="group"),
         dict(seed=2, feat_extract_norm="layer", audio_model_type="wavlm", text_model_type="llama"),
         dict(seed=3, feat_extract_norm="layer", bridge_type="conv", ctc_head=True),  # conv bridge + CTC draft head
+        dict(seed=4, feat_extract_norm="layer", bridge_type="conv", ctc_head=True, ctc_head_kernel_size=5),
     ],
     ids=lambda v: "-".join(map(str, v.values())),
 )
