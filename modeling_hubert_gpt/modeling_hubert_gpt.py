@@ -180,11 +180,11 @@ class HubertGptConvBridge(nn.Module):
             return self.ctc_head(hidden, frame_lengths)
         return self.ctc_head(hidden)
 
-    def forward(self, hidden, frame_lengths):
+    def forward(self, hidden, frame_lengths, with_ctc=True):
         """hidden (B, T, Da), frame_lengths (B,) -> speech (B, T', Dt), speech_lengths (B,), ctc logits (B, T, V+1)
-        or None."""
+        or None (no CTC head, or `with_ctc=False`: nothing needs them)."""
         ctc_logits = None
-        if self.ctc_head is not None:
+        if self.ctc_head is not None and with_ctc:
             ctc_logits = self.draft_logits(hidden if self.ctc_head_trains_encoder else hidden.detach(), frame_lengths)
         hidden = hidden.transpose(1, 2)  # (B, Da, T): channels first for Conv1d
         for conv in self.convs:
@@ -212,8 +212,9 @@ class HubertGptCtcBridge(nn.Module):
         """Upper bound: the kept frames depend on the CTC predictions, never more than the encoder frames."""
         return frame_lengths
 
-    def forward(self, hidden, frame_lengths):
-        """hidden (B, T, Da), frame_lengths (B,) -> speech (B, T', Dt), speech_lengths (B,), ctc logits (B, T, V+1)."""
+    def forward(self, hidden, frame_lengths, with_ctc=True):
+        """hidden (B, T, Da), frame_lengths (B,) -> speech (B, T', Dt), speech_lengths (B,), ctc logits (B, T, V+1)
+        (always: they pick the frames)."""
         batch, frames, width = hidden.shape
         logits = self.ctc_head(hidden)
         labels = logits.argmax(-1)  # (B, T)
@@ -459,10 +460,13 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
             )
         return input_values, lengths
 
-    def encode_speech(self, input_values, attention_mask=None):
-        """Audio (B, S) -> SpeechPrompt: speech (B, T', Dt) and lengths, CTC logits, encoder and sample lengths."""
+    def encode_speech(self, input_values, attention_mask=None, with_ctc=True):
+        """Audio (B, S) -> SpeechPrompt: speech (B, T', Dt) and lengths, CTC logits, encoder and sample lengths.
+
+        with_ctc=False: a conv bridge's draft head is not run (ctc_logits None); the ctc bridge always runs its head.
+        """
         hidden, frame_lengths, sample_lengths = self.encode_audio(input_values, attention_mask)
-        speech, speech_lengths, ctc_logits = self.bridge(hidden, frame_lengths)
+        speech, speech_lengths, ctc_logits = self.bridge(hidden, frame_lengths, with_ctc=with_ctc)
         return SpeechPrompt(speech, speech_lengths, ctc_logits, frame_lengths, sample_lengths)
 
     def encode_audio(self, input_values, attention_mask=None):
@@ -555,7 +559,8 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         ctc_targets (B, C), -100 padded: the transcript's character ids for a character-level CTC head
         (`config.ctc_head_vocab`); a token-level head takes its targets from `labels`.
         """
-        speech = self.encode_speech(input_values, attention_mask)
+        needs_ctc = labels is not None and self.config.ctc_loss_weight > 0  # the aux loss; inference skips a draft head
+        speech = self.encode_speech(input_values, attention_mask, with_ctc=needs_ctc)
         embeds, prompt_mask, position_ids, llm_labels = self.pack_prompt(speech.embeds, speech.lengths, labels)
         outputs = self.language_model(
             inputs_embeds=embeds, attention_mask=prompt_mask, position_ids=position_ids, labels=llm_labels, **kwargs
@@ -611,7 +616,7 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
             from .speculative_hubert_gpt import ctc_draft_generate  # a relative import: the file is saved alongside
 
             return ctc_draft_generate(self, input_values, attention_mask, generation_config, **kwargs)
-        speech = self.encode_speech(input_values, attention_mask)
+        speech = self.encode_speech(input_values, attention_mask, with_ctc=False)  # plain decoding drafts nothing
         embeds, prompt_mask, position_ids, _ = self.pack_prompt(speech.embeds, speech.lengths, left_pad=True)
         generation_config, per_utterance = self.generation_config_for(generation_config, kwargs)
         if per_utterance:

@@ -290,6 +290,31 @@ def test_character_ctc_head_trains_on_ctc_targets():
         tiny_config("conv", ctc_head=True, ctc_head_vocab=["a", "a"])
 
 
+def test_draft_head_runs_only_when_something_needs_its_logits():
+    model = build(bridge_type="conv", ctc_head=True, ctc_head_trains_encoder=False, ctc_head_kernel_size=3,
+                  ctc_loss_weight=0.01)
+    calls = []
+    model.bridge.ctc_head.register_forward_hook(lambda module, args, out: calls.append(1))
+    values, mask = padded_batch()
+    labels = torch.tensor([[5, 6, 2], [8, 2, -100], [10, 2, -100]])
+
+    def count(fn):
+        calls.clear()
+        fn()
+        return len(calls)
+
+    assert count(lambda: model.generate(values, mask, max_new_tokens=3)) == 0  # plain decoding drafts nothing
+    assert count(lambda: model.generate(values, mask, max_new_tokens=3, ctc_draft=True)) == 1  # it drafts
+    assert count(lambda: model(values, mask)) == 0  # no labels, no loss
+    assert count(lambda: model(values, mask, labels=labels)) == 1  # the aux CTC loss
+    assert model(values, mask, labels=labels).ctc_loss > 0
+    model.config.ctc_loss_weight = 0.0
+    assert count(lambda: model(values, mask, labels=labels)) == 0
+    assert count(lambda: model.encode_speech(values, mask)) == 1  # the default: logits for whoever asks
+    ctc = build(bridge_type="ctc")
+    assert ctc.encode_speech(values, mask, with_ctc=False).ctc_logits is not None  # they pick the ctc bridge's frames
+
+
 def test_conv_draft_head_sees_neighbouring_frames_and_ignores_padding(tmp_path):
     model = build(bridge_type="conv", ctc_head=True, ctc_head_trains_encoder=False, ctc_head_kernel_size=5,
                   encoder_max_padding=None)  # one padded encoder call: frames past the end are not zeros
