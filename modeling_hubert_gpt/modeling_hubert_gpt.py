@@ -472,8 +472,8 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
     def encode_audio(self, input_values, attention_mask=None):
         """Audio (B, S) -> the encoder's output (B, T, Da), its frame lengths (B,) and the sample lengths (B,).
 
-        On CPU a batch of mixed lengths runs in length-sorted groups (`config.encoder_max_padding`); the frames
-        after an utterance's end are zeros then.
+        On CPU a batch of mixed lengths runs in length-sorted groups (`config.encoder_max_padding`); frames past
+        the longest utterance of a group are zeros then.
         """
         input_values, sample_lengths = self._sample_lengths(input_values, attention_mask)
         if attention_mask is not None:
