@@ -354,6 +354,8 @@ def main(argv=None):
     parser.add_argument("--no-paper-scale", action="store_true", help="skip the paper-scale shape on CUDA")
     parser.add_argument("--paper-scale-tiny", action="store_true", help=argparse.SUPPRESS)  # code-path smoke test
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error(f"--repeat must be at least 1, got {args.repeat}")
     quick = args.quick
     n = args.utterances or (16 if quick else 48)
     low, high = args.seconds or ((1.0, 4.0) if quick else (2.0, 8.0))
@@ -367,7 +369,7 @@ def main(argv=None):
     logging.getLogger("modeling_hubert_gpt").setLevel(logging.ERROR)  # "every frame ... blank" of random CTC heads
     warnings.filterwarnings("ignore", category=UserWarning)
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
-    timed = lambda fn: measure(fn, device, max(args.repeat, 1))  # noqa: E731
+    timed = lambda fn: measure(fn, device, args.repeat)  # noqa: E731
     started = time.perf_counter()
 
     if args.dataset and not args.model:
@@ -453,6 +455,7 @@ def main(argv=None):
         for name, drafts in drafts_by_name.items():
             # the draft without its final eos (the verifier appends eos to every draft)
             drafts = [d[:-1] if d and d[-1] == tokenizer.eos_token_id else d for d in drafts]
+
             def run():
                 out, spec = [], {"passes": 0, "plain_passes": 0, "accepted": 0}
                 for audio, draft in zip(inputs, drafts):
@@ -495,7 +498,7 @@ def main(argv=None):
         "model": model_label,
         "utterances": n,
         "audio_seconds": audio_s,
-        "repeat": max(args.repeat, 1),
+        "repeat": args.repeat,
         "identical": identical,
         "failures": failures,
         "batched_speedup_16": None,

@@ -566,7 +566,7 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
             inputs_embeds=embeds, attention_mask=prompt_mask, position_ids=position_ids, labels=llm_labels, **kwargs
         )
         llm_loss, ctc_loss, loss = outputs.loss, None, outputs.loss
-        if labels is not None and speech.ctc_logits is not None and self.config.ctc_loss_weight > 0:
+        if needs_ctc and speech.ctc_logits is not None:  # None: no CTC head
             targets = self.ctc_targets_for(labels, ctc_targets).to(speech.ctc_logits.device)
             ctc_loss = self.ctc_loss(speech.ctc_logits, speech.frame_lengths, targets)
             loss = llm_loss + self.config.ctc_loss_weight * ctc_loss

@@ -415,8 +415,8 @@ def ctc_draft_generate(
         config.update(**lm_config.to_dict(), defaults_only=True)
     _check_greedy(config)
 
-    # given drafts (a list) need no CTC head; a callable override may read its logits
-    speech = model.encode_speech(input_values, attention_mask, with_ctc=draft_override is None or callable(draft_override))
+    needs_head = draft_override is None or callable(draft_override)  # given drafts (a list) need no CTC head
+    speech = model.encode_speech(input_values, attention_mask, with_ctc=needs_head)
     embeds, prompt_mask, position_ids, _ = model.pack_prompt(speech.embeds, speech.lengths, left_pad=True)
     batch, prompt_len = prompt_mask.shape
     if batch > 1 and streamer is not None:

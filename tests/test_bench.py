@@ -41,3 +41,9 @@ def test_training_bench_reports_padding_with_and_without_grouping(tmp_path):
     for share in ("encoder_pad_share", "llm_pad_share"):
         assert 0 <= scale["grouped"][share] < scale["random"][share]
     assert "padding for an epoch of 640 utterances at batch 8" in stdout
+
+
+def test_inference_bench_rejects_a_repeat_below_one():
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "inference.py"), "--repeat", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "--repeat must be at least 1, got 0" in run.stderr
