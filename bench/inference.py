@@ -9,6 +9,10 @@
 Variants (each checked against its model's one-at-a-time greedy transcript; any difference exits 1, loudly):
   baseline       nue-asr style: one utterance at a time, conv bridge, plain greedy `generate`
   generate bN    this package, N utterances per `generate` call (right-padded audio, left-padded prompts)
+  generate b16, DynamicCache / encoder in one call   batch 16 with one CPU speed-up switched off: transformers'
+                 DynamicCache (concatenates the whole cache every step) instead of the appending cache, or the
+                 encoder run on the whole padded batch instead of length groups (JSON appending_cache_speedup_16,
+                 encoder_groups_speedup_16: the switched-off wall over the default's)
   pipeline bN    the ASR pipeline (`HubertGptASRPipeline`) with batch_size=N
   ctc ...        the same encoder and LLM weights behind the CTC bridge (a different model: own baseline)
   spec bN        `generate(ctc_draft=True)`: lossless CTC-draft speculative decoding (LLM passes counted)
@@ -41,7 +45,8 @@ little from more cores; batched decoding, the encoder and the prefill are comput
 On CUDA it also runs the paper-scale shape (HuBERT-base + a 3.6B GPT-NeoX, random weights, bf16): decode time per
 token vs the bound "LLM weight bytes / memory bandwidth" (bandwidth measured with a device copy).
 
-JSON keys: batched_speedup_16, spec_passes_per_token, spec_speedup, identical, device, and the full table.
+JSON keys: batched_speedup_16, appending_cache_speedup_16, encoder_groups_speedup_16, spec_passes_per_token,
+spec_speedup, identical, device, and the full table.
 """
 
 import argparse
@@ -63,11 +68,12 @@ import torch  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 from tokenizers.models import WordLevel  # noqa: E402
 from tokenizers.pre_tokenizers import WhitespaceSplit  # noqa: E402
-from transformers import PreTrainedTokenizerFast, Wav2Vec2FeatureExtractor  # noqa: E402
+from transformers import DynamicCache, PreTrainedTokenizerFast, Wav2Vec2FeatureExtractor  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from hubert_gpt_training.tiny import tiny_config  # noqa: E402
 from modeling_hubert_gpt import HubertGptASRPipeline, HubertGptConfig, HubertGptForConditionalGeneration  # noqa: E402
+from modeling_hubert_gpt.cache_hubert_gpt import cache_keyword  # noqa: E402
 from modeling_hubert_gpt.speculative_hubert_gpt import ctc_greedy_drafts  # noqa: E402
 from tests.helpers import make_audio  # noqa: E402
 
@@ -211,16 +217,17 @@ def strip_row(row, pad_id):
     return row
 
 
-def run_generate(model, audios, batch, device, **kwargs):
-    """Token rows (padding stripped) and, with ctc_draft, summed speculative statistics."""
+def run_generate(model, audios, batch, device, per_call=dict, **kwargs):
+    """Token rows (padding stripped) and, with ctc_draft, summed speculative statistics. `per_call()`: keywords
+    made afresh for each generate call (a new cache)."""
     pad_id = model.generation_config.pad_token_id
     rows, spec = [], {"passes": 0, "plain_passes": 0, "tokens": 0, "accepted": 0, "proposed": 0}
     for s in range(0, len(audios), batch):
         chunk = audios[s : s + batch]
         if batch == 1:
-            out = model.generate(torch.from_numpy(chunk[0])[None].to(device), **kwargs)
+            out = model.generate(torch.from_numpy(chunk[0])[None].to(device), **kwargs, **per_call())
         else:
-            out = model.generate(*pad(chunk, device), **kwargs)
+            out = model.generate(*pad(chunk, device), **kwargs, **per_call())
         rows += [strip_row(r, pad_id) for r in out.tolist()]
         if kwargs.get("ctc_draft"):
             stats = model.last_generate_stats
@@ -429,6 +436,16 @@ def main(argv=None):
         for batch in (4, 16):
             (out, _), wall, peak = timed(lambda: run_generate(model, inputs, batch, device))
             record(f"{bridge} generate b{batch}", bridge, batch, wall, peak, out, baseline=baselines[bridge])
+        if bridge == next(iter(models)):  # batch 16 with one CPU speed-up switched off at a time
+            (out, _), wall, peak = timed(lambda: run_generate(model, inputs, 16, device, per_call=lambda: {
+                cache_keyword(model.language_model)[0]: DynamicCache(config=model.language_model.config)}))
+            record(f"{bridge} generate b16, DynamicCache", bridge, 16, wall, peak, out, baseline=baselines[bridge])
+            grouping, model.config.encoder_max_padding = model.config.encoder_max_padding, None
+            try:
+                (out, _), wall, peak = timed(lambda: run_generate(model, inputs, 16, device))
+            finally:
+                model.config.encoder_max_padding = grouping
+            record(f"{bridge} generate b16, encoder in one call", bridge, 16, wall, peak, out, baseline=baselines[bridge])
         if bridge == "conv" or len(models) == 1:
             asr = HubertGptASRPipeline(model=model, tokenizer=tokenizer, feature_extractor=extractor, device=device)
             for batch in (1, 4, 16):
@@ -513,6 +530,9 @@ def main(argv=None):
     first = next(iter(models))
     if f"{first} generate b16" in by_name:
         result["batched_speedup_16"] = base_wall / by_name[f"{first} generate b16"]["wall_s"]
+        b16 = by_name[f"{first} generate b16"]["wall_s"]
+        result["appending_cache_speedup_16"] = by_name[f"{first} generate b16, DynamicCache"]["wall_s"] / b16
+        result["encoder_groups_speedup_16"] = by_name[f"{first} generate b16, encoder in one call"]["wall_s"] / b16
     if spec_source:
         tag = f"{spec_source} "
         b1 = spec_summary[spec_source]["b1"]
@@ -548,7 +568,8 @@ def main(argv=None):
         print("\npaper-scale shape: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                                              for k, v in paper.items()))
     print("\nsummary: " + ", ".join(f"{k} {result[k]:.3f}" if isinstance(result[k], float) else f"{k} {result[k]}"
-                                  for k in ("batched_speedup_16", "spec_passes_per_token", "spec_speedup",
+                                  for k in ("batched_speedup_16", "appending_cache_speedup_16",
+                                            "encoder_groups_speedup_16", "spec_passes_per_token", "spec_speedup",
                                             "spec_passes_per_token_noisy15", "spec_speedup_noisy15",
                                             "spec_passes_per_token_oracle", "spec_speedup_oracle", "identical",
                                             "total_wall_s") if k in result))

@@ -24,10 +24,13 @@ def test_inference_bench_checks_every_variant_against_the_baseline(tmp_path):
     assert result["device"].startswith("cpu") and result["utterances"] == 4 and result["repeat"] == 2
     oracle = next(r for r in result["rows"] if r["variant"] == "ctc spec b1, oracle draft")
     assert oracle["passes"] == 4  # one pass per utterance (the draft is right), counted for one run, not both
-    for key in ("batched_speedup_16", "spec_passes_per_token", "spec_speedup"):
+    for key in ("batched_speedup_16", "appending_cache_speedup_16", "encoder_groups_speedup_16",
+                "spec_passes_per_token", "spec_speedup"):
         assert result[key] > 0
     assert result["spec_passes_per_token_oracle"] < result["spec_passes_per_token_noisy30"]  # a right draft saves passes
     assert "baseline (1 at a time)" in stdout
+    switched_off = {r["variant"] for r in result["rows"] if r["identical"]}  # checked against the baseline too
+    assert {"conv generate b16, DynamicCache", "conv generate b16, encoder in one call"} <= switched_off
 
 
 def test_training_bench_reports_padding_with_and_without_grouping(tmp_path):
