@@ -52,9 +52,9 @@ MAX_NEW_TOKENS_BASE = 20
 DEFAULT_KERNEL_SIZE = [4, 4]
 DEFAULT_STRIDE = [2, 2]
 
-# nue-asr submodule prefix -> ours.
+# nue-asr submodule prefix -> ours (the HF encoder sits in our audio tower's `model`).
 PREFIXES = (
-    ("audio_encoder.", "audio_tower."),
+    ("audio_encoder.", "audio_tower.model."),
     ("bridge_convs.", "bridge.convs."),
     ("bridge_proj.", "bridge.proj."),
     ("llm.", "language_model."),
@@ -326,12 +326,9 @@ def load_nue_asr(src, dtype="auto"):
         audio_config=audio_config,
         text_config=text_config,
         bridge_type="conv",
-        bridge_conv_kernel_size=kernels,
-        bridge_conv_stride=strides,
+        bridge_config={"kernel_sizes": kernels, "strides": strides},
         prompt_bos_token_id=bos,
         prompt_sep_token_id=sep,
-        max_new_tokens_per_second=MAX_NEW_TOKENS_PER_SECOND,
-        max_new_tokens_base=MAX_NEW_TOKENS_BASE,
         sampling_rate=SAMPLING_RATE,
     )
     if dtype == "auto":
@@ -342,11 +339,14 @@ def load_nue_asr(src, dtype="auto"):
         dtype = DTYPES[dtype]
     model = AutoModelForSpeechSeq2Seq.from_config(config, dtype=dtype)
     load_nue_weights(model, checkpoint)
-    # nue-asr's transcribe(): greedy, min_new_tokens=2, and the tokenizer's pad / bos / eos ids.
+    # nue-asr's transcribe(): greedy, min_new_tokens=2, at most int(4 * seconds + 20 + 0.5) new tokens, and the
+    # tokenizer's pad / bos / eos ids.
     model.generation_config.update(
         do_sample=False,
         num_beams=1,
         min_new_tokens=MIN_NEW_TOKENS,
+        max_new_tokens_per_second=MAX_NEW_TOKENS_PER_SECOND,
+        max_new_tokens_base=MAX_NEW_TOKENS_BASE,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

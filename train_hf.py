@@ -48,18 +48,20 @@ class ModelArguments:
         "help": "random-init encoders: conv (HuBERT's conv stack on raw audio) or log_mel (learns far faster from "
                 "scratch)", "choices": ["conv", "log_mel"]})
     ctc_head: bool = field(default=False, metadata={
-        "help": "conv bridge: also train a CTC head on the encoder (aux CTC loss); its hypothesis drafts for lossless "
-                "speculative decoding, generate(ctc_draft=True). An existing checkpoint gets a new, untrained head"})
-    ctc_head_trains_encoder: bool = field(default=True, metadata={
-        "help": "with --ctc_head: the aux CTC loss trains the encoder too (joint CTC); False trains the head alone "
-                "(a pure draft head: the recognizer trains as without it)"})
+        "help": "a bridge that does not use a CTC head (conv): also train one on the encoder (aux CTC loss); its "
+                "hypothesis drafts for lossless speculative decoding, generate(ctc_draft=True). An existing "
+                "checkpoint without a head gets a new, untrained one (the ctc bridge always has its own)"})
+    ctc_trains_encoder: bool = field(default=True, metadata={
+        "help": "the aux CTC loss trains the encoder too (joint CTC); False trains the CTC head alone (a pure draft "
+                "head next to a conv bridge: the recognizer trains as without it)"})
     ctc_head_chars: bool = field(default=False, metadata={
         "help": "with --ctc_head: the new head spells the training text's characters (its text is tokenized into "
                 "the draft), not LLM tokens"})
     ctc_head_kernel_size: int = field(default=1, metadata={
         "help": "with --ctc_head: 1 = a Linear per frame; odd k > 1 = Conv1d over k frames + GELU + Linear (a better "
                 "draft)"})
-    ctc_loss_weight: float | None = field(default=None, metadata={"help": "aux CTC loss weight (models with a CTC head)"})
+    ctc_loss_weight: float | None = field(default=None, metadata={
+        "help": "aux CTC loss weight, models with a CTC head (default: the model's, 0.3)"})
     vocab_size: int = field(default=200, metadata={"help": "sentencepiece size for a random-init model's tokenizer"})
     freeze_encoder: bool = field(default=False, metadata={"help": "keep the speech encoder fixed"})
     freeze_bridge: bool = field(default=False, metadata={"help": "keep the bridge fixed"})
@@ -99,8 +101,9 @@ class RunArguments:
     max_train_minutes: float | None = field(default=None, metadata={"help": "stop training after this wall time"})
     export_dir: str | None = field(default=None, metadata={"help": "also write the Hub-ready folder here"})
     draft_head_fit_steps: int = field(default=0, metadata={
-        "help": "after training, refit a conv bridge's CTC draft head (trained alone) on the final encoder for this "
-                "many steps (one process, no DeepSpeed/LoRA): better drafts for ctc_draft, same transcripts"})
+        "help": "after training, refit a CTC draft head trained alone (--ctc_trains_encoder false, a bridge that "
+                "does not use the head) on the final encoder for this many steps (one process, no DeepSpeed/LoRA): "
+                "better drafts for ctc_draft, same transcripts"})
     draft_head_fit_utterances: int = field(default=1500, metadata={
         "help": "training utterances whose encoder output the refit keeps in memory"})
 
@@ -113,9 +116,9 @@ RECIPE = dict(max_steps=4000, per_device_train_batch_size=16, per_device_eval_ba
               lr_scheduler_type="cosine", warmup_steps=200, weight_decay=0.01, logging_steps=25, eval_strategy="steps",
               eval_steps=500, save_strategy="no", report_to="none", model_size="small", bridge="conv",
               audio_frontend="log_mel", max_train_minutes=20, eval_split="test")
-# Per bridge: the conv bridge gets a CTC draft head trained alone (small weight: see HubertGptConfig's
-# ctc_head_trains_encoder); the ctc bridge's own head trains the encoder at full weight.
-RECIPE_BY_BRIDGE = {"conv": dict(ctc_head=True, ctc_head_chars=True, ctc_head_trains_encoder=False,
+# Per bridge: the conv bridge gets a CTC draft head trained alone (a small weight is enough: its loss only
+# trains the head); the ctc bridge's own head trains the encoder at full weight.
+RECIPE_BY_BRIDGE = {"conv": dict(ctc_head=True, ctc_head_chars=True, ctc_trains_encoder=False,
                                  ctc_head_kernel_size=5, ctc_loss_weight=0.01, draft_head_fit_steps=6000),
                     "ctc": dict(ctc_loss_weight=1.0)}
 PRESETS = {"smoke": SMOKE, "recipe": RECIPE}
@@ -166,18 +169,21 @@ def default_rendezvous(argv):
 # 3. Model and processor ------------------------------------------------------------------------------------------------
 def build_model(margs, train_texts, work_dir):
     from modeling_hubert_gpt import HubertGptConfig, HubertGptForConditionalGeneration, HubertGptProcessor
+    from modeling_hubert_gpt.bridges_hubert_gpt import bridge_class
+    from modeling_hubert_gpt.ctc_head_hubert_gpt import check_ctc_head_options
 
-    extra = {} if margs.ctc_loss_weight is None else {"ctc_loss_weight": margs.ctc_loss_weight}
+    extra = {}
     existing = HubertGptConfig.from_pretrained(margs.model_name_or_path) if margs.model_name_or_path else None
-    bridge = existing.bridge_type if existing else margs.bridge
-    if margs.ctc_head and bridge == "conv" and not (existing and existing.ctc_head):  # the ctc bridge has its own
-        extra.update(ctc_head=True, ctc_head_trains_encoder=margs.ctc_head_trains_encoder,
-                     ctc_head_kernel_size=margs.ctc_head_kernel_size)
-        if margs.ctc_head_chars:
-            extra["ctc_head_vocab"] = sorted(set("".join(train_texts)))
+    bridge = bridge_class(existing.bridge_type if existing else margs.bridge)
+    # --ctc_head adds a head where there is none; a bridge that picks frames with one (ctc) always has its own.
+    if margs.ctc_head and not bridge.uses_ctc_head and not (existing and existing.ctc_head_config is not None):
+        extra["ctc_head_config"] = {"kernel_size": margs.ctc_head_kernel_size,
+                                    "vocab": sorted(set("".join(train_texts))) if margs.ctc_head_chars else None}
     if margs.model_name_or_path:
         processor = AutoProcessor.from_pretrained(margs.model_name_or_path, trust_remote_code=True)
-        model = HubertGptForConditionalGeneration.from_pretrained(margs.model_name_or_path, **extra)
+        if extra:  # the checkpoint has no head: a new, untrained one
+            existing.ctc_head_config = check_ctc_head_options(extra["ctc_head_config"], existing.text_config.vocab_size)
+        model = HubertGptForConditionalGeneration.from_pretrained(margs.model_name_or_path, config=existing)
         return model, processor
     if margs.audio_model or margs.text_model:
         if not (margs.audio_model and margs.text_model):
@@ -211,11 +217,17 @@ def whole_model_init(targs):
 
     HuBERT's own _init_weights gathers its conv weights inside transformers' ZeRO-3 init, which DeepSpeed refuses
     ("Nested GatheredParameters contexts cannot overlap"), so zero.Init is skipped while the model is built.
+
+    The training code's one private use of transformers, because nothing public does this: TrainingArguments
+    registers its DeepSpeed config (`targs.hf_deepspeed_config`) globally, and every `from_config` / `from_pretrained`
+    wraps the build in zero.Init while `is_deepspeed_zero3_enabled()`. `unset_hf_deepspeed_config` /
+    `set_hf_deepspeed_config` (exported by transformers.integrations, undocumented) take that registration away and
+    give it back. tests/test_public_api.py fails if transformers changes any of this.
     """
-    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+    from transformers.integrations import is_deepspeed_zero3_enabled, set_hf_deepspeed_config, unset_hf_deepspeed_config
 
     config = getattr(targs, "hf_deepspeed_config", None)
-    if config is None:
+    if config is None or not is_deepspeed_zero3_enabled():  # ZeRO-2 or no DeepSpeed: no zero.Init to skip
         yield
         return
     unset_hf_deepspeed_config()
@@ -264,6 +276,8 @@ def load_data(dargs, rargs, sampling_rate, seed):
 
 # 5. What trains --------------------------------------------------------------------------------------------------------
 def choose_trainable(model, margs):
+    """Freeze what the flags say. A CTC head (model.ctc_head) is a part of its own that always trains:
+    --freeze_bridge does not freeze it, and under LoRA it trains fully, like the bridge."""
     parts = {"encoder": model.audio_tower, "bridge": model.bridge, "llm": model.language_model}
     for name, frozen in (("encoder", margs.freeze_encoder), ("bridge", margs.freeze_bridge),
                          ("llm", margs.freeze_llm or margs.lora)):
@@ -273,19 +287,21 @@ def choose_trainable(model, margs):
     from peft import LoraConfig, get_peft_model
 
     scopes = ["language_model."] if margs.lora else []
-    scopes += ["audio_tower.encoder."] if margs.lora_encoder else []
+    scopes += ["audio_tower.model.encoder."] if margs.lora_encoder else []
     targets = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)
                and name.startswith(tuple(scopes)) and module is not model.get_output_embeddings()]
     config = LoraConfig(r=margs.lora_r, lora_alpha=margs.lora_alpha, lora_dropout=margs.lora_dropout,
                         target_modules=targets,
-                        modules_to_save=[n for n in ("bridge",) if not margs.freeze_bridge])
+                        modules_to_save=[n for n, train in (("bridge", not margs.freeze_bridge),
+                                                            ("ctc_head", model.ctc_head is not None)) if train])
     return get_peft_model(model, config)
 
 
 def trainable_report(model):
     rows = {}
     for name, param in model.named_parameters():
-        part = next((p for p in ("audio_tower", "bridge", "language_model") if f"{p}." in f".{name}"), "other")
+        part = next((p for p in ("audio_tower", "bridge", "ctc_head", "language_model") if f".{p}." in f".{name}"),
+                    "other")
         total, trainable = rows.get(part, (0, 0))
         rows[part] = (total + param.numel(), trainable + (param.numel() if param.requires_grad else 0))
     return {part: {"parameters": t, "trainable": tr} for part, (t, tr) in rows.items()}
@@ -363,8 +379,13 @@ def push(folder, repo_id, token=None):
 
 # 8. Main -------------------------------------------------------------------------------------------------------------
 def refit_draft_head(model, train, collator, rargs, margs, targs):
-    """--draft_head_fit_steps: refit the conv bridge's draft head on the trained encoder (see fit_draft_head)."""
-    if rargs.draft_head_fit_steps <= 0 or not model.config.ctc_head_alone:
+    """--draft_head_fit_steps: refit a CTC draft head that trained alone on the trained encoder (see fit_draft_head).
+
+    Only a head the run trained alone (--ctc_trains_encoder false) that the bridge does not use: refitting it
+    changes drafts, never the prompt or the transcripts."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if (rargs.draft_head_fit_steps <= 0 or margs.ctc_trains_encoder or base.ctc_head is None
+            or base.bridge.uses_ctc_head):
         return None
     if targs.deepspeed or targs.world_size > 1 or margs.lora:
         logger.warning("--draft_head_fit_steps: skipped (runs in one process without DeepSpeed or LoRA)")
@@ -405,12 +426,15 @@ def run(argv):
 
     from hubert_gpt_training.data import SpeechCollator
     from hubert_gpt_training.trainer import HubertGptTrainer
+    from modeling_hubert_gpt.modeling_hubert_gpt import DEFAULT_CTC_LOSS_WEIGHT
 
     history = LossHistory(rargs.max_train_minutes)
+    head = (model.get_base_model() if hasattr(model, "get_base_model") else model).ctc_head
     trainer = HubertGptTrainer(model=model, args=targs, train_dataset=train, eval_dataset=evaluation,
-                               data_collator=SpeechCollator(processor, rate, model.config.ctc_head_vocab),
+                               data_collator=SpeechCollator(processor, rate, None if head is None else head.vocab),
                                processing_class=processor,
-                               compute_metrics=make_compute_metrics(processor), callbacks=[history])
+                               compute_metrics=make_compute_metrics(processor), callbacks=[history],
+                               ctc_loss_weight=margs.ctc_loss_weight, ctc_trains_encoder=margs.ctc_trains_encoder)
     train_result = trainer.train(resume_from_checkpoint=targs.resume_from_checkpoint)
     draft_fit = refit_draft_head(model, train, trainer.data_collator, rargs, margs, targs)
     metrics = trainer.evaluate(metric_key_prefix="test")
@@ -428,7 +452,11 @@ def run(argv):
     }
     summary = {"model_name": targs.hub_model_id or os.path.basename(os.path.abspath(targs.output_dir)),
                "bridge_type": base.config.bridge_type, "audio_frontend": base.config.audio_frontend,
-               "ctc_head": base.config.ctc_head,
+               "ctc_head": base.ctc_head is not None,
+               # the CTC settings this run trained with (None: no head, nothing to weigh)
+               "ctc_loss_weight": None if base.ctc_head is None else (
+                   DEFAULT_CTC_LOSS_WEIGHT if margs.ctc_loss_weight is None else margs.ctc_loss_weight),
+               "ctc_trains_encoder": None if base.ctc_head is None else margs.ctc_trains_encoder,
                "steps": trainer.state.global_step,
                "learning_rate": targs.learning_rate, "batch_size": targs.per_device_train_batch_size,
                "deepspeed": targs.deepspeed, "lora": margs.lora, "frozen": [n for n in ("encoder", "bridge", "llm")

@@ -74,7 +74,6 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 from hubert_gpt_training.tiny import tiny_config  # noqa: E402
 from modeling_hubert_gpt import HubertGptASRPipeline, HubertGptConfig, HubertGptForConditionalGeneration  # noqa: E402
 from modeling_hubert_gpt.cache_hubert_gpt import cache_keyword  # noqa: E402
-from modeling_hubert_gpt.speculative_hubert_gpt import ctc_greedy_drafts  # noqa: E402
 from tests.helpers import make_audio  # noqa: E402
 
 RATE = 16000
@@ -191,13 +190,12 @@ def random_models(width, layers, llm_width, llm_layers, vocab, seed):
 def calibrate_blank(model, audios, labelled=0.2):
     """Raise a random CTC head's blank logit so that a fraction `labelled` of the frames carry a label."""
     values, mask = pad(audios, next(model.parameters()).device)
-    hidden = model.audio_tower(values, attention_mask=mask).last_hidden_state
-    frames = model.encoder_output_lengths(mask.sum(-1))
-    logits = model.bridge.ctc_head(hidden).float()
-    blank = model.config.ctc_blank_id
-    margin = torch.cat([logits[..., :blank], logits[..., blank + 1 :]], -1).max(-1).values - logits[..., blank]
-    valid = torch.arange(hidden.shape[1], device=hidden.device) < frames[:, None]
-    model.bridge.ctc_head.bias[blank] += torch.quantile(margin[valid], 1 - labelled)
+    posteriors = model.ctc_posteriors(values, mask)  # log-softmax: differences between classes are the logits'
+    log_probs, frames = posteriors.log_probs, posteriors.frame_lengths
+    blank = model.ctc_head.blank_id
+    margin = torch.cat([log_probs[..., :blank], log_probs[..., blank + 1 :]], -1).max(-1).values - log_probs[..., blank]
+    valid = torch.arange(log_probs.shape[1], device=log_probs.device) < frames.to(log_probs.device)[:, None]
+    model.ctc_head.out.bias[blank] += torch.quantile(margin[valid], 1 - labelled)
 
 
 def pad(audios, device):
@@ -440,11 +438,11 @@ def main(argv=None):
             (out, _), wall, peak = timed(lambda: run_generate(model, inputs, 16, device, per_call=lambda: {
                 cache_keyword(model.language_model)[0]: DynamicCache(config=model.language_model.config)}))
             record(f"{bridge} generate b16, DynamicCache", bridge, 16, wall, peak, out, baseline=baselines[bridge])
-            grouping, model.config.encoder_max_padding = model.config.encoder_max_padding, None
+            grouping, model.audio_tower.max_padding = model.audio_tower.max_padding, None
             try:
                 (out, _), wall, peak = timed(lambda: run_generate(model, inputs, 16, device))
             finally:
-                model.config.encoder_max_padding = grouping
+                model.audio_tower.max_padding = grouping
             record(f"{bridge} generate b16, encoder in one call", bridge, 16, wall, peak, out, baseline=baselines[bridge])
         if bridge == "conv" or len(models) == 1:
             asr = HubertGptASRPipeline(model=model, tokenizer=tokenizer, feature_extractor=extractor, device=device)
@@ -490,7 +488,7 @@ def main(argv=None):
         return result
 
     # the first model with a CTC head drafts: the ctc bridge, or a trained conv bridge with its draft head
-    spec_source = next((bridge for bridge, model in models.items() if model.config.ctc_head), None)
+    spec_source = next((bridge for bridge, model in models.items() if model.ctc_head is not None), None)
     if spec_source:
         spec_summary[spec_source] = speculate(models[spec_source], spec_source, baselines[spec_source])
 

@@ -25,6 +25,8 @@ RECIPE_LABELS = {
     "bridge_type": "Bridge",
     "audio_frontend": "Encoder front end",
     "ctc_head": "CTC head (aux loss; drafts for `ctc_draft=True`)",
+    "ctc_loss_weight": "CTC loss weight",
+    "ctc_trains_encoder": "CTC loss trains the encoder",
     "hours_of_audio": "Training audio (hours)",
     "train_utterances": "Training utterances",
     "epochs": "Epochs",
@@ -126,7 +128,8 @@ def render_card(
             own name; keys whose value is None are left out; `base_models` and `dataset_id` are
             ignored, being arguments here): `hours_of_audio`, `train_utterances`, `epochs`, `steps`,
             `batch_size`, `learning_rate`, `trained` / `frozen` (lists of components), `lora`,
-            `deepspeed_config` or `deepspeed` (path, dict, or None/empty = not used), `bridge_type`.
+            `deepspeed_config` or `deepspeed` (path, dict, or None/empty = not used), `bridge_type`, `ctc_head`
+            (whether the model has one), `ctc_loss_weight` and `ctc_trains_encoder` (the run's CTC settings).
         language: ISO 639-1 code of the transcribed language.
 
     Raises ValueError if a result is missing or not a real number: no card without measured numbers.

@@ -5,6 +5,7 @@ corpora), a `save_to_disk` folder, or a JSONL/CSV manifest of (path, text). Audi
 (`datasets`' own decoder needs torchcodec + FFmpeg) and resampled to the encoder's rate.
 """
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -40,29 +41,30 @@ def load_source(name=None, config=None, split="train", data_dir=None, disk_path=
         features = loaded.features  # kept through map, so a streaming manifest still knows its columns
         features = None if features is None else datasets.Features({**features, "__root__": datasets.Value("string")})
         return loaded.map(lambda row: {"__root__": root}, features=features)
-    allow_audio_paths_without_torchcodec()
-    return datasets.load_dataset(name, config, split=split, data_dir=data_dir, streaming=streaming)
+    return load_builder(name, config, split, data_dir, streaming)
 
 
-def allow_audio_paths_without_torchcodec():
-    """datasets 5's `Audio.encode_example` imports torchcodec even to store a file path (every audiofolder row), so
-    without torchcodec such builders fail. Paths and file bytes need no codec: store them as they are (prepare()
-    decodes them with soundfile); arrays still go to the original (which needs torchcodec to write a wav)."""
-    if datasets.config.TORCHCODEC_AVAILABLE or getattr(datasets.Audio.encode_example, "_no_torchcodec", False):
-        return
-    original = datasets.Audio.encode_example
+def load_builder(name, config=None, split="train", data_dir=None, streaming=False):
+    """`datasets.load_dataset(name, ...)`, except that an audiofolder (local, or a Hub repo of audio files) comes
+    with its audio column(s) as file paths, and loads without torchcodec.
 
-    def encode_example(self, value):
-        if isinstance(value, (str, os.PathLike)):
-            return {"bytes": None, "path": os.fspath(value)}
-        if isinstance(value, (bytes, bytearray)):
-            return {"bytes": bytes(value), "path": None}
-        if isinstance(value, dict) and value.get("array") is None and (value.get("path") or value.get("bytes")):
-            return {"bytes": value.get("bytes"), "path": value.get("path")}
-        return original(self, value)
-
-    encode_example._no_torchcodec = True
-    datasets.Audio.encode_example = encode_example
+    datasets encodes each row with its features while a builder writes it, and `Audio.encode_example` imports
+    torchcodec even for a plain file path, so an audiofolder fails where torchcodec (+ FFmpeg) is missing. A streamed
+    dataset encodes rows only as they are read, with the features it has then: cast its Audio columns to paths first
+    (prepare() reads the files with soundfile). Not streaming, the rows are written to the datasets cache under the
+    builder's own cache folder name, which changes when the folder's files do.
+    """
+    builder = datasets.load_dataset_builder(name, config, data_dir=data_dir)
+    if builder.name != "audiofolder":
+        return datasets.load_dataset(name, config, split=split, data_dir=data_dir, streaming=streaming)
+    rows = builder.as_streaming_dataset(split=split)
+    rows = rows.cast(datasets.Features(
+        {k: datasets.Value("string") if isinstance(f, datasets.Audio) else f for k, f in rows.features.items()}))
+    if streaming:
+        return rows
+    fingerprint = hashlib.sha256(f"{builder.cache_dir}\n{split}".encode()).hexdigest()[:32]
+    return datasets.Dataset.from_generator(rows.__iter__, features=rows.features, fingerprint=fingerprint,
+                                           split=datasets.NamedSplit(split))
 
 
 def prepare(dataset, audio_column="audio", text_column="transcription", sampling_rate=16000, max_seconds=16.0):
@@ -134,8 +136,8 @@ def check_text(value, index, column):
 class SpeechCollator:
     """Rows of (audio, text) -> input_values (B, S), attention_mask (B, S), labels (B, N) via the processor.
 
-    With `ctc_vocab` (a model's `config.ctc_head_vocab`) also ctc_targets (B, C): each transcript's character ids,
-    -100 padded; characters outside the vocabulary are left out (that head cannot spell them).
+    With `ctc_vocab` (a character CTC head's `model.ctc_head.vocab`) also ctc_targets (B, C): each transcript's
+    character ids, -100 padded; characters outside the vocabulary are left out (that head cannot spell them).
     """
 
     processor: Any

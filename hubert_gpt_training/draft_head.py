@@ -1,4 +1,4 @@
-"""Fit a conv model's CTC draft head on its trained encoder, after training (the rest of the model is untouched)."""
+"""Fit a model's CTC draft head on its trained encoder, after training (the rest of the model is untouched)."""
 
 import logging
 
@@ -9,9 +9,10 @@ logger = logging.getLogger(__name__)
 
 
 def fit_draft_head(model, rows, collator, steps=3000, batch_size=16, lr=2e-3, seed=0):
-    """Train only `model.bridge.ctc_head` for `steps` Adam steps on the encoder's output for `rows`.
+    """Train only `model.ctc_head` for `steps` Adam steps on the encoder's output for `rows`.
 
-    A draft head trained with its gradient stopped (`ctc_head_trains_encoder=False`) spends training chasing an
+    For a CTC head the bridge does not use (a draft head next to a conv bridge).
+    A draft head trained with its gradient stopped (`ctc_trains_encoder=False`) spends training chasing an
     encoder that is still learning; refitted on the final encoder it drafts far better. The encoder runs once over
     `rows` (a list of training rows as the collator takes them; their hidden states are kept in memory: pass as
     many as fit); the CTC steps then only touch the head. Transcripts do not change (the prompt does not depend on
@@ -20,10 +21,12 @@ def fit_draft_head(model, rows, collator, steps=3000, batch_size=16, lr=2e-3, se
     """
     if steps < 1 or not rows:
         raise ValueError(f"fit_draft_head needs steps >= 1 and some rows (got steps={steps}, {len(rows)} rows)")
-    if not model.config.ctc_head_alone:
-        raise ValueError("fit_draft_head fits a conv bridge's CTC draft head trained alone (ctc_head=True, "
-                         "ctc_head_trains_encoder=False); this model has none")
-    head = model.bridge.ctc_head
+    head = model.ctc_head
+    if head is None or model.bridge.uses_ctc_head:
+        has = ("no CTC head" if head is None else f"a CTC head its {model.config.bridge_type!r} bridge picks frames "
+               "with (refitting it would change the prompt)")
+        raise ValueError(f"fit_draft_head refits a CTC draft head the bridge does not use (e.g. a conv model with "
+                         f"ctc_head_config); this model has {has}")
     was_training = model.training
     model.eval()
     device = next(head.parameters()).device
@@ -33,7 +36,8 @@ def fit_draft_head(model, rows, collator, steps=3000, batch_size=16, lr=2e-3, se
         for start in range(0, len(rows), batch_size):
             batch = collator(rows[start : start + batch_size])
             states, frames, _ = model.encode_audio(batch["input_values"].to(device), batch["attention_mask"].to(device))
-            wanted = model.ctc_targets_for(batch["labels"], batch.get("ctc_targets"))  # (B, N), -100 padded
+            wanted = head.targets_from(batch["labels"], batch.get("ctc_targets"),
+                                       model.generation_config.eos_token_id)  # (B, N), -100 padded
             for state, n, target in zip(states, frames.tolist(), wanted):
                 hidden.append(state[:n])  # (T, Da)
                 targets.append(target[target != -100])
@@ -46,7 +50,7 @@ def fit_draft_head(model, rows, collator, steps=3000, batch_size=16, lr=2e-3, se
         states = pad_sequence([hidden[i] for i in pick], batch_first=True)  # (B, T, Da)
         wanted = pad_sequence([targets[i] for i in pick], batch_first=True, padding_value=-100).to(device)
         frames = torch.tensor([len(hidden[i]) for i in pick], device=device)
-        loss = model.ctc_loss(model.bridge.draft_logits(states, frames), frames, wanted)
+        loss = head.loss(head(states, frames), frames, wanted)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -51,7 +51,8 @@ def tiny_config(bridge_type="conv", feat_extract_norm="layer", audio_model_type=
                 text_layers=None, **kwargs):
     """A small config; with `tokenizer`, its vocabulary size and bos/eos/pad/[SEP] ids are used.
 
-    The LLM has the encoder's width and depth unless `text_width` / `text_layers` say otherwise."""
+    The LLM has the encoder's width and depth unless `text_width` / `text_layers` say otherwise. Other keywords
+    (`bridge_config`, `ctc_head_config`, `audio_frontend`, ...) go to `HubertGptConfig` as they are."""
     ids = dict(bos=1, eos=2, pad=0)
     if tokenizer is not None:
         vocab_size, sep = len(tokenizer), tokenizer.sep_token_id

@@ -1,5 +1,6 @@
-"""Seq2SeqTrainer that also logs the parts of hubert-gpt's training loss (LLM and auxiliary CTC)."""
+"""Seq2SeqTrainer that passes hubert-gpt's training settings to the model and logs the parts of its loss."""
 
+import torch
 from transformers import Seq2SeqTrainer
 
 LOSS_PARTS = ("llm_loss", "ctc_loss")
@@ -8,15 +9,21 @@ LOSS_PARTS = ("llm_loss", "ctc_loss")
 class HubertGptTrainer(Seq2SeqTrainer):
     """Logs `llm_loss` and `ctc_loss` beside `loss`: their means over the training steps since the last log row.
 
+    `ctc_loss_weight` (None: the model's default, 0.3) and `ctc_trains_encoder` (False: the auxiliary CTC loss trains
+    the CTC head alone) go to every forward that computes a loss, in training and evaluation (as keywords, which
+    DeepSpeed's engine and PEFT models pass on).
+
     Values are this process's (not averaged across ranks); they are summed as tensors and read once per log row,
     so no step waits for the device.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, ctc_loss_weight=None, ctc_trains_encoder=True, **kwargs):
         super().__init__(*args, **kwargs)
+        self.ctc_loss_weight, self.ctc_trains_encoder = ctc_loss_weight, ctc_trains_encoder
         self._loss_parts = {}  # name -> (summed tensor, count)
 
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        inputs = {**inputs, "ctc_loss_weight": self.ctc_loss_weight, "ctc_trains_encoder": self.ctc_trains_encoder}
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
         if model.training:
             for name in LOSS_PARTS:
@@ -25,6 +32,25 @@ class HubertGptTrainer(Seq2SeqTrainer):
                     total, count = self._loss_parts.get(name, (0.0, 0))
                     self._loss_parts[name] = (total + value.detach().float(), count + 1)
         return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        """Seq2SeqTrainer's generating evaluation takes its loss from a bare `model(**inputs)`; here it comes from
+        `compute_loss`, with this trainer's CTC settings (`generate` gets the audio only)."""
+        if not self.args.predict_with_generate or prediction_loss_only or "labels" not in inputs:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+        audio_only = {k: v for k, v in inputs.items() if k not in ("labels", "ctc_targets")}
+        _, tokens, _ = super().prediction_step(model, audio_only, False, ignore_keys=ignore_keys, **gen_kwargs)
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs).detach().mean()
+        if self.args.prediction_loss_only:
+            return loss, None, None
+        labels, config = inputs["labels"], self.model.generation_config  # padded as Seq2SeqTrainer pads them
+        if labels.shape[-1] < config.max_length:
+            labels = self._pad_tensors_to_max_len(labels, config.max_length)
+        elif config.max_new_tokens is not None and labels.shape[-1] < config.max_new_tokens + 1:
+            labels = self._pad_tensors_to_max_len(labels, config.max_new_tokens + 1)
+        return loss, tokens, labels
 
     def log(self, logs, *args, **kwargs):
         if "loss" in logs:

@@ -2,8 +2,11 @@
 
 from transformers import AutoConfig, AutoModel, AutoModelForSpeechSeq2Seq, AutoProcessor
 
+from .audio_encoder_hubert_gpt import HubertGptAudioEncoder
+from .bridges_hubert_gpt import BridgeOutput, HubertGptBridge, conv_output_lengths, register_bridge
 from .configuration_hubert_gpt import HubertGptConfig
-from .modeling_hubert_gpt import HubertGptForConditionalGeneration, conv_output_lengths
+from .ctc_head_hubert_gpt import HubertGptCtcHead
+from .modeling_hubert_gpt import HubertGptForConditionalGeneration
 from .pipeline_hubert_gpt import HubertGptASRPipeline, load_audio
 from .processing_hubert_gpt import HubertGptProcessor
 
@@ -14,10 +17,15 @@ AutoModelForSpeechSeq2Seq.register(HubertGptConfig, HubertGptForConditionalGener
 AutoProcessor.register(HubertGptConfig, HubertGptProcessor, exist_ok=True)
 
 __all__ = [
+    "BridgeOutput",
     "HubertGptASRPipeline",
+    "HubertGptAudioEncoder",
+    "HubertGptBridge",
     "HubertGptConfig",
+    "HubertGptCtcHead",
     "HubertGptForConditionalGeneration",
     "HubertGptProcessor",
     "conv_output_lengths",
     "load_audio",
+    "register_bridge",
 ]

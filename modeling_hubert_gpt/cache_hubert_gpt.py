@@ -13,12 +13,7 @@ Remote code: imports torch and the public transformers API only.
 import inspect
 
 import torch
-from transformers import DynamicCache
-
-try:
-    from transformers import DynamicLayer
-except ImportError:  # transformers before the cache-layer API: the plain DynamicCache
-    DynamicLayer = None
+from transformers import DynamicCache, DynamicLayer
 
 MIN_ROOM = 64  # positions allocated at least per layer
 
@@ -43,34 +38,28 @@ def _append(cached, room, new):
     return room[..., : n + m, :], room
 
 
-if DynamicLayer is not None:
+class AppendingLayer(DynamicLayer):
+    """A `DynamicLayer` that writes new positions into spare room instead of concatenating (see the module doc)."""
 
-    class AppendingLayer(DynamicLayer):
-        """A `DynamicLayer` that writes new positions into spare room instead of concatenating (see the module doc)."""
+    key_room = value_room = None
 
-        key_room = value_room = None
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.keys, self.key_room = _append(self.keys, self.key_room, key_states)
+        self.values, self.value_room = _append(self.values, self.value_room, value_states)
+        return self.keys, self.values
 
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            self.keys, self.key_room = _append(self.keys, self.key_room, key_states)
-            self.values, self.value_room = _append(self.values, self.value_room, value_states)
-            return self.keys, self.values
-
-        def reset(self):
-            self.key_room = self.value_room = None
-            super().reset()
+    def reset(self):
+        self.key_room = self.value_room = None
+        super().reset()
 
 
 def new_cache(language_model):
     """An empty KV cache for `language_model`: a DynamicCache whose plain layers are `AppendingLayer`s (sliding-window
     and other special layers stay as transformers builds them)."""
-    try:
-        cache = DynamicCache(config=language_model.config)
-    except TypeError:  # older transformers
-        return DynamicCache()
-    if DynamicLayer is not None and getattr(cache, "layers", None):
-        cache.layers = [AppendingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    cache = DynamicCache(config=language_model.config)
+    cache.layers = [AppendingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
     return cache
 
 

@@ -2,23 +2,30 @@
 
 The stock `AutomaticSpeechRecognitionPipeline` treats a remote-code model as CTC (`model(...).logits.argmax(-1)`),
 adds `num_beams=5, max_new_tokens=256`, needs the ffmpeg binary for files, torchaudio for resampling, and with
-`chunk_length_s` joins the chunk texts with their overlaps duplicated. This subclass runs `model.generate()`, leaves
+`chunk_length_s` joins the chunk texts with their overlaps duplicated. This pipeline runs `model.generate()`, leaves
 generation settings to the model's `generation_config`, decodes files with soundfile, resamples with scipy, and merges
 the chunk transcripts on their common tokens (`merge_overlapping_tokens`).
+
+It subclasses `transformers.Pipeline` through its documented extension points only (`_sanitize_parameters`,
+`preprocess`, `_forward`, `postprocess`; `custom_pipelines` in config.json for `pipeline(..., trust_remote_code=True)`),
+plus the public `__call__` and `save_pretrained`.
 
 Remote code: torch, numpy and the public transformers API at the top; soundfile and scipy are imported where used.
 """
 
 import io
+import itertools
 import math
 import os
+import shutil
+import sys
+import types
+from dataclasses import dataclass
 from functools import reduce
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-from transformers import AutomaticSpeechRecognitionPipeline, AutoModelForSpeechSeq2Seq
-from transformers.pipelines.pt_utils import PipelineChunkIterator, PipelineIterator, PipelinePackIterator
+from transformers import Pipeline
 
 from .processing_hubert_gpt import to_mono_float32
 
@@ -175,62 +182,66 @@ def input_duration_s(inputs, sampling_rate):
         return 0.0
 
 
-def _single_item(items):
-    return items[0]
+@dataclass
+class _Inputs:
+    """Every input of one call, handed to `preprocess` as a single pipeline input.
+
+    `Pipeline.__call__` batches a list of inputs only through its DataLoader collate, which pads with the tokenizer's
+    settings and refuses an LLM tokenizer that has no pad token or pads on the left. Passed as one input, the list
+    goes through `preprocess` -> `_forward` -> `postprocess` once, and `_forward` runs the `generate` batches.
+    """
+
+    items: list
+    batch_size: int
 
 
-def _as_lists(items):
-    """Batch collate: one list per key. Padding is left to the feature extractor in `_forward`."""
-    return {key: [item[key] for item in items] for key in items[0]}
-
-
-class HubertGptASRPipeline(AutomaticSpeechRecognitionPipeline):
+class HubertGptASRPipeline(Pipeline):
     """Speech recognition with `model.generate()`.
 
     `pipeline("automatic-speech-recognition", model=folder, trust_remote_code=True)` gives this class when the
-    folder's config.json carries `custom_pipelines` (see `register_pipeline_in_config`).
+    folder's config.json carries `custom_pipelines` (see `register_pipeline_in_config`; `save_pretrained` writes it).
 
-    Inputs: see `load_audio`; a list of inputs gives a list of outputs. Call options:
+    Inputs: see `load_audio`; a list of inputs gives a list of outputs, a generator or torch Dataset of inputs an
+    iterator of outputs. Call options:
         chunk_length_s (`float`): transcribe audio longer than this in overlapping chunks of this length and merge
             the chunk transcripts on their shared tokens.
         stride_length_s (`float` or `(left, right)`, defaults to chunk_length_s / 6 each side): the overlap of
             consecutive chunks is left + right (only the sum matters: the merge aligns tokens, not times).
-        batch_size (`int`): chunks / inputs per `generate` call, padded with an attention mask. A list of inputs
-            is transcribed longest first, so that each batch holds similar lengths (little padding); the outputs
-            come back in the order of the inputs.
+        batch_size (`int`): chunks per `generate` call, padded with an attention mask (chunks of several inputs share
+            a batch). A list of more inputs than that is transcribed longest first, so that each batch holds similar
+            lengths (little padding); the outputs come back in the order of the inputs.
         generate_kwargs (`dict`) or generation keywords (`num_beams=3`, ...): passed to `generate`. Nothing is
-            added: the model's generation_config decides the rest.
+            added (but the tokenizer for `ctc_draft=True`): the model's generation_config decides the rest.
     Output: `{"text": str}`.
     """
 
-    _default_generation_config = None  # no num_beams=5 / max_new_tokens=256: the model's generation_config decides
-
-    def __init__(self, model, feature_extractor=None, tokenizer=None, device=None, **kwargs):
+    def __init__(self, model, feature_extractor=None, tokenizer=None, batch_size=None, **kwargs):
         if feature_extractor is None or tokenizer is None:
             raise ValueError("HubertGptASRPipeline needs both a feature_extractor and a tokenizer")
-        self.default_batch_size = kwargs.get("batch_size") or 1  # the base class keeps it to itself
-        super().__init__(model, feature_extractor=feature_extractor, tokenizer=tokenizer, device=device, **kwargs)
-        self.type = "seq2seq"  # the parent guessed "ctc" from the class name; we generate
+        self.batch_size = batch_size or 1  # used by __call__, never by the base class's DataLoader
+        super().__init__(model, feature_extractor=feature_extractor, tokenizer=tokenizer, **kwargs)
 
-    def __call__(self, inputs, **kwargs):
-        """Transcribe one input (-> `{"text": str}`) or a list of them (-> list); see the class docstring."""
-        batch_size = kwargs.get("batch_size") or self.default_batch_size
-        if not isinstance(inputs, list) or batch_size == 1 or len(inputs) <= batch_size:
-            return super().__call__(inputs, **kwargs)
-        rate = self.feature_extractor.sampling_rate
-        durations = [input_duration_s(x, rate) for x in inputs]
-        order = sorted(range(len(inputs)), key=lambda i: -durations[i])  # stable: equal lengths keep their order
-        outputs = super().__call__([inputs[i] for i in order], **kwargs)
-        unsorted = [None] * len(inputs)
-        for position, index in enumerate(order):
-            unsorted[index] = outputs[position]
-        return unsorted
+    def __call__(self, inputs, batch_size=None, **kwargs):
+        """Transcribe one input (-> `{"text": str}`), a list of them (-> list) or a generator / torch Dataset of
+        them (-> iterator, `batch_size` inputs read at a time); see the class docstring."""
+        batch_size = batch_size or self.batch_size
+        if isinstance(inputs, list):
+            return super().__call__(_Inputs(inputs, batch_size), **kwargs)
+        if isinstance(inputs, (types.GeneratorType, torch.utils.data.Dataset)):
+            return self._stream(inputs, batch_size, kwargs)
+        return super().__call__(_Inputs([inputs], batch_size), **kwargs)[0]
+
+    def _stream(self, inputs, batch_size, kwargs):
+        if isinstance(inputs, torch.utils.data.Dataset):
+            inputs = map(inputs.__getitem__, range(len(inputs)))
+        while group := list(itertools.islice(inputs, batch_size)):
+            yield from self(group, batch_size=batch_size, **kwargs)
 
     def _sanitize_parameters(
         self,
         chunk_length_s=None,
         stride_length_s=None,
-        ignore_warning=None,
+        ignore_warning=None,  # the stock pipeline's chunking warning; accepted, nothing to silence here
         return_timestamps=None,
         return_language=None,
         decoder_kwargs=None,
@@ -278,51 +289,59 @@ class HubertGptASRPipeline(AutomaticSpeechRecognitionPipeline):
                 f"({shortest / rate:.3f} s)"
             )
 
-    def preprocess(self, inputs, chunk_length_s=None, stride_length_s=None):
-        """Yields `{"audio": float32 (samples,), "is_last": bool}` per chunk (one chunk without chunk_length_s)."""
+    def _chunks(self, inputs, chunk_length_s, stride_length_s):
+        """One input -> its audio chunks (float32 arrays; the whole audio without chunk_length_s)."""
         audio = load_audio(inputs, self.feature_extractor.sampling_rate)
         is_path = isinstance(inputs, (str, os.PathLike))
         self._check_length(len(audio), f"audio file {os.fspath(inputs)!r}" if is_path else "the audio")
-        spans = [(0, len(audio))]
-        if chunk_length_s:
-            chunk_len, overlap = self._chunk_sizes(chunk_length_s, stride_length_s)
-            self._check_length(min(chunk_len, len(audio)), f"a chunk of chunk_length_s={chunk_length_s}")
-            spans = chunk_spans(len(audio), chunk_len, overlap)
-        for n, (start, end) in enumerate(spans):
-            yield {"audio": audio[start:end], "is_last": n == len(spans) - 1}
+        if not chunk_length_s:
+            return [audio]
+        chunk_len, overlap = self._chunk_sizes(chunk_length_s, stride_length_s)
+        self._check_length(min(chunk_len, len(audio)), f"a chunk of chunk_length_s={chunk_length_s}")
+        return [audio[start:end] for start, end in chunk_spans(len(audio), chunk_len, overlap)]
 
-    def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
-        # As ChunkPipeline.get_iterator, with our own collate: for batch_size > 1 the stock pad_collate_fn refuses
-        # a tokenizer without pad token or whose padding side differs from the feature extractor's (an LLM
-        # tokenizer often pads left). Here chunks stay raw arrays and `_forward` pads them with the feature extractor.
-        if num_workers > 1:
-            num_workers = 1  # chunk streams cannot be split across workers
-        dataset = PipelineChunkIterator(inputs, self.preprocess, preprocess_params)
-        collate = _single_item if batch_size == 1 else _as_lists
-        loader = DataLoader(dataset, num_workers=num_workers, batch_size=batch_size, collate_fn=collate)
-        model_iterator = PipelinePackIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
-        return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
+    def preprocess(self, inputs, chunk_length_s=None, stride_length_s=None):
+        """`_Inputs` -> `{"batches": iterator of (input indices, audio chunks), "num_inputs": int}`.
+
+        Each batch holds up to `batch_size` chunks, in the order of the inputs' chunks; the inputs are taken longest
+        first when they fill more than one batch. Audio is read lazily, as `_forward` takes the batches, so a long
+        list of files is never in memory at once.
+        """
+        if chunk_length_s:
+            self._chunk_sizes(chunk_length_s, stride_length_s)  # bad options fail before any audio is read
+        items, batch_size = inputs.items, inputs.batch_size
+        order = range(len(items))
+        if 1 < batch_size < len(items):
+            rate = self.feature_extractor.sampling_rate
+            durations = [input_duration_s(x, rate) for x in items]
+            order = sorted(order, key=lambda i: -durations[i])  # stable: equal lengths keep their order
+        chunks = ((i, chunk) for i in order for chunk in self._chunks(items[i], chunk_length_s, stride_length_s))
+
+        def batches():
+            while batch := list(itertools.islice(chunks, batch_size)):
+                yield [i for i, _ in batch], [chunk for _, chunk in batch]
+
+        return {"batches": batches(), "num_inputs": len(items)}
 
     def _forward(self, model_inputs, **generate_kwargs):
-        audios = model_inputs["audio"]
-        if isinstance(audios, np.ndarray):  # batch_size 1: a single chunk
-            audios = [audios]
-        features = self.feature_extractor(
-            audios,
-            sampling_rate=self.feature_extractor.sampling_rate,
-            padding="longest",
-            return_attention_mask=True,
-            return_tensors="pt",
-        )
-        input_values = features["input_values"].to(self.device, self.model.dtype)  # (B, S)
-        attention_mask = features["attention_mask"].to(self.device, torch.long)  # (B, S)
-        generate_kwargs = self._prepare_generate_kwargs(generate_kwargs)
-        if generate_kwargs.get("ctc_draft") and self.model.config.ctc_head_vocab is not None:
-            generate_kwargs.setdefault("tokenizer", self.tokenizer)  # a character-level draft head needs it
-        tokens = self.model.generate(input_values=input_values, attention_mask=attention_mask, **generate_kwargs)
-        if not isinstance(tokens, torch.Tensor):  # return_dict_in_generate=True
-            tokens = tokens.sequences
-        return {"tokens": tokens, "is_last": model_inputs["is_last"]}  # tokens: (B, N) new tokens only
+        if generate_kwargs.get("ctc_draft"):
+            generate_kwargs.setdefault("tokenizer", self.tokenizer)  # the model decides whether its draft needs it
+        tokens = []  # (input index, (N,) new tokens) per chunk
+        for indices, audios in model_inputs["batches"]:
+            features = self.feature_extractor(
+                audios,
+                sampling_rate=self.feature_extractor.sampling_rate,
+                padding="longest",
+                return_attention_mask=True,
+                return_tensors="pt",
+            )
+            input_values = features["input_values"].to(self.device, self.model.dtype)  # (B, S)
+            attention_mask = features["attention_mask"].to(self.device, torch.long)  # (B, S)
+            out = self.model.generate(input_values=input_values, attention_mask=attention_mask, **generate_kwargs)
+            if not isinstance(out, torch.Tensor):  # return_dict_in_generate=True
+                out = out.sequences
+            tokens += zip(indices, out)
+        return {"tokens": tokens, "num_inputs": model_inputs["num_inputs"]}
 
     def _end_and_special_ids(self):
         """(ids that end a transcript: eos and pad, ids dropped anywhere: all special ids)"""
@@ -337,13 +356,27 @@ class HubertGptASRPipeline(AutomaticSpeechRecognitionPipeline):
         return ends, ends | set(self.tokenizer.all_special_ids)
 
     def postprocess(self, model_outputs):
+        """-> one `{"text": str}` per input, in the order of the inputs."""
         ends, special = self._end_and_special_ids()
-        chunks = []
-        for output in model_outputs:
-            ids = output["tokens"][0].tolist()
+        chunks = [[] for _ in range(model_outputs["num_inputs"])]  # per input, its chunks' token lists in order
+        for index, row in model_outputs["tokens"]:
+            ids = row.tolist()
             ids = ids[: next((i for i, t in enumerate(ids) if t in ends), len(ids))]  # drop eos and the padding after
-            chunks.append([t for t in ids if t not in special])
-        return {"text": self.tokenizer.decode(merge_chunk_tokens(chunks), skip_special_tokens=True)}
+            chunks[index].append([t for t in ids if t not in special])
+        return [{"text": self.tokenizer.decode(merge_chunk_tokens(c), skip_special_tokens=True)} for c in chunks]
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """`Pipeline.save_pretrained` (model, tokenizer, feature extractor), plus what makes the folder open with this
+        class: `custom_pipelines` in config.json, and this file with the one it imports.
+
+        The base class writes those only for a class registered with `PIPELINE_REGISTRY.register_pipeline`, which
+        would also replace the stock automatic-speech-recognition pipeline for every model in the process.
+        """
+        register_pipeline_in_config(self.model.config)
+        super().save_pretrained(save_directory, **kwargs)
+        if os.path.isdir(save_directory):  # the base class logs an error and saves nothing for a file path
+            for module in (__name__, to_mono_float32.__module__):
+                shutil.copy(sys.modules[module].__file__, save_directory)
 
 
 # --- saving with the model ----------------------------------------------------------------------------------------
@@ -353,18 +386,11 @@ def register_pipeline_in_config(config, model_auto_class="AutoModelForSpeechSeq2
     `pipeline(TASK, model=folder, trust_remote_code=True)` reads `config.custom_pipelines[TASK]`: `"impl"` is
     "<module file>.<class>" loaded from the folder (so pipeline_hubert_gpt.py must be saved there too), `"pt"` the
     names of transformers auto classes it tries to load the model with (so `model_auto_class` must be a key of the
-    config's `auto_map`). This is what `Pipeline.save_pretrained` writes after `PIPELINE_REGISTRY.register_pipeline`,
-    without registering anything globally.
+    config's `auto_map`, or registered). This is what `Pipeline.save_pretrained` writes after
+    `PIPELINE_REGISTRY.register_pipeline`, without registering anything globally.
     """
     module = HubertGptASRPipeline.__module__.split(".")[-1]
     config.custom_pipelines = {
         TASK: {"impl": f"{module}.{HubertGptASRPipeline.__name__}", "pt": [model_auto_class]},
     }
     return config
-
-
-# What `Pipeline.save_pretrained` reads to write custom_pipelines and copy this file, so `pipe.save_pretrained(d)`
-# works too. Deliberately NOT `PIPELINE_REGISTRY.register_pipeline(TASK, ...)`: that replaces the stock
-# automatic-speech-recognition entry for the whole process, so every later `pipeline(TASK, model="openai/whisper-...")`
-# would get this class.
-HubertGptASRPipeline._registered_impl = {TASK: {"impl": HubertGptASRPipeline, "pt": (AutoModelForSpeechSeq2Seq,)}}

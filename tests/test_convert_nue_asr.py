@@ -178,10 +178,11 @@ def test_config_and_processor_follow_nue_asr(case):
     _, sp, model, processor, _ = case
     special = ids(sp)
     assert (model.config.prompt_bos_token_id, model.config.prompt_sep_token_id) == (special["bos"], special["sep"])
-    assert model.config.bridge_type == "conv" and model.config.bridge_conv_kernel_size == [4, 4]
-    assert (model.config.max_new_tokens_per_second, model.config.max_new_tokens_base) == (4.0, 20)
+    assert model.config.bridge_type == "conv"
+    assert model.config.bridge_config == {"kernel_sizes": [4, 4], "strides": [2, 2]}
     assert model.config.text_config.rope_parameters["partial_rotary_factor"] == 0.5  # from the legacy rotary_pct
     gen = model.generation_config
+    assert (gen.max_new_tokens_per_second, gen.max_new_tokens_base) == (4.0, 20)
     assert (gen.do_sample, gen.num_beams, gen.min_new_tokens) == (False, 1, 2)
     assert (gen.eos_token_id, gen.pad_token_id) == (special["eos"], sp.pad_id())
     fe = processor.feature_extractor
@@ -345,6 +346,8 @@ def test_cli_folder_works_with_auto_classes_and_pipeline(group_src, tmp_path, au
     model = AutoModelForSpeechSeq2Seq.from_pretrained(dst, trust_remote_code=True)
     processor = AutoProcessor.from_pretrained(dst, trust_remote_code=True)
     assert model.generation_config.min_new_tokens == 2 and processor.feature_extractor.do_normalize is False
+    gen = model.generation_config  # nue-asr's bound travels in generation_config.json
+    assert (gen.max_new_tokens_per_second, gen.max_new_tokens_base) == (4.0, 20)
     inputs = processor(audio=audios, sampling_rate=SR, return_tensors="pt")
     tokens = model.generate(**inputs)
     for row, audio in zip(tokens, audios):

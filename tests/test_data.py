@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 
 import datasets
 import numpy as np
@@ -118,6 +119,21 @@ def test_audiofolder_decodes_with_soundfile_without_torchcodec(wav_dir, caplog):
     with caplog.at_level(logging.INFO, logger="hubert_gpt_training.data"):
         out = prepare(loaded, max_seconds=1.0)
     check_kept(out, audios, caplog)
+
+
+def test_audiofolder_gives_paths_cached_on_disk_and_follows_the_files(wav_dir):
+    folder, _ = wav_dir
+    encode_example = datasets.Audio.encode_example
+    metadata = folder / "metadata.csv"
+    metadata.write_text("file_name,transcription\n" + "".join(f"u{i}.wav,first {i}\n" for i in range(3)))
+    loaded = load_source("audiofolder", data_dir=str(folder))
+    assert loaded["audio"] == [str(folder / f"u{i}.wav") for i in range(3)]
+    assert loaded["transcription"] == ["first 0", "first 1", "first 2"]
+    assert loaded.cache_files  # on disk, so prepare()'s decoded audio is cached on disk too, not held in memory
+    assert datasets.Audio.encode_example is encode_example  # nothing in datasets patched
+    metadata.write_text("file_name,transcription\n" + "".join(f"u{i}.wav,second {i}\n" for i in range(2)))
+    os.utime(metadata, (1e9, 1e9))  # a different mtime even on a coarse-grained file system
+    assert load_source("audiofolder", data_dir=str(folder))["transcription"] == ["second 0", "second 1"]
 
 
 def test_rows_holding_arrays_are_resampled_to_16k(caplog):

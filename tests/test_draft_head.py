@@ -1,4 +1,4 @@
-"""hubert_gpt_training.draft_head: refitting a conv model's CTC draft head touches nothing else."""
+"""hubert_gpt_training.draft_head: refitting a conv model's CTC draft head (model.ctc_head) touches nothing else."""
 
 import pytest
 import torch
@@ -17,8 +17,8 @@ TEXTS = ["今日は雨", "明日は晴れ", "猫が水を飲む", "本を読む"
 def test_refit_lowers_the_ctc_loss_and_changes_only_the_head(tiny_processor, characters, kernel):
     torch.manual_seed(0)
     vocab = sorted(set("".join(TEXTS))) if characters else None
-    config = tiny_config("conv", tokenizer=tiny_processor.tokenizer, ctc_head=True, ctc_head_trains_encoder=False,
-                         ctc_head_vocab=vocab, ctc_head_kernel_size=kernel)
+    config = tiny_config("conv", tokenizer=tiny_processor.tokenizer,
+                         ctc_head_config={"vocab": vocab, "kernel_size": kernel})
     model = HubertGptForConditionalGeneration(config).train()
     rows = [{"audio": make_audio(0.6 + 0.1 * i, seed=i), "text": t} for i, t in enumerate(TEXTS)]
     collator = SpeechCollator(tiny_processor, ctc_vocab=vocab)
@@ -33,14 +33,47 @@ def test_refit_lowers_the_ctc_loss_and_changes_only_the_head(tiny_processor, cha
     assert report["utterances"] == 4 and report["steps"] == 100
     assert report["ctc_loss_last"] < 0.5 * report["ctc_loss_first"]
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
-    head = ["weight", "bias"] if kernel == 1 else ["conv.weight", "conv.bias", "out.weight", "out.bias"]
-    assert changed == {f"bridge.ctc_head.{name}" for name in head}
+    head = ["out.weight", "out.bias"] + (["conv.weight", "conv.bias"] if kernel > 1 else [])
+    assert changed == {f"ctc_head.{name}" for name in head}
     torch.testing.assert_close(model.eval().generate(batch["input_values"], batch["attention_mask"]), tokens,
                                rtol=0, atol=0)
 
 
-def test_refit_needs_a_draft_head_trained_alone(tiny_processor):
-    model = HubertGptForConditionalGeneration(tiny_config("conv", ctc_head=True))  # its loss trains the encoder
+def test_refit_needs_a_draft_head_the_bridge_does_not_use(tiny_processor):
     rows = [{"audio": make_audio(0.5, seed=0), "text": "本"}]
-    with pytest.raises(ValueError, match="draft head trained alone"):
-        fit_draft_head(model, rows, SpeechCollator(tiny_processor), steps=1)
+    headless = HubertGptForConditionalGeneration(tiny_config("conv"))
+    with pytest.raises(ValueError, match="draft head the bridge does not use.*no CTC head"):
+        fit_draft_head(headless, rows, SpeechCollator(tiny_processor), steps=1)
+    ctc = HubertGptForConditionalGeneration(tiny_config("ctc"))  # its head picks the prompt's frames
+    before = {name: p.detach().clone() for name, p in ctc.named_parameters()}
+    with pytest.raises(ValueError, match="draft head the bridge does not use.*'ctc' bridge picks frames"):
+        fit_draft_head(ctc, rows, SpeechCollator(tiny_processor), steps=1)
+    assert all(torch.equal(p, before[name]) for name, p in ctc.named_parameters())
+
+
+def test_train_hf_refits_only_a_head_trained_alone_that_the_bridge_does_not_use(tiny_processor):
+    """train_hf.refit_draft_head: the caller knows how the head trained (--ctc_trains_encoder false)."""
+    from types import SimpleNamespace
+
+    import train_hf
+
+    torch.manual_seed(0)
+    rows = [{"audio": make_audio(0.6 + 0.1 * i, seed=i), "text": t} for i, t in enumerate(TEXTS)]
+    collator = SpeechCollator(tiny_processor)
+    rargs = SimpleNamespace(draft_head_fit_steps=3, draft_head_fit_utterances=4)
+    targs = SimpleNamespace(deepspeed=None, world_size=1, seed=0)
+
+    def refit(model, trains_encoder):
+        margs = SimpleNamespace(ctc_trains_encoder=trains_encoder, lora=False)
+        before = {name: p.detach().clone() for name, p in model.named_parameters()}
+        report = train_hf.refit_draft_head(model, rows, collator, rargs, margs, targs)
+        changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+        return report, changed
+
+    tokenizer = tiny_processor.tokenizer
+    draft = HubertGptForConditionalGeneration(tiny_config("conv", tokenizer=tokenizer, ctc_head_config={}))
+    assert refit(draft, trains_encoder=True) == (None, set())  # its loss trained the encoder: joint CTC, kept
+    report, changed = refit(draft, trains_encoder=False)
+    assert report["steps"] == 3 and changed == {"ctc_head.out.weight", "ctc_head.out.bias"}
+    for config in (tiny_config("conv", tokenizer=tokenizer), tiny_config("ctc", tokenizer=tokenizer)):
+        assert refit(HubertGptForConditionalGeneration(config), trains_encoder=False) == (None, set())

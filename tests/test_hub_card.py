@@ -129,13 +129,21 @@ def test_bridge_type_mismatch_raises(tmp_path):
 
 def test_summary_shaped_like_train_hf(tmp_path):
     # The keys train_hf.py sends: None = unknown (no row), no DeepSpeed = "not used", card arguments not repeated.
-    summary = {"bridge_type": "ctc", "steps": 40, "learning_rate": 0.001, "batch_size": 4, "deepspeed": None,
+    summary = {"bridge_type": "ctc", "ctc_head": True, "ctc_loss_weight": 1.0, "ctc_trains_encoder": True,
+               "steps": 40, "learning_rate": 0.001, "batch_size": 4, "deepspeed": None,
                "lora": None, "frozen": [], "base_models": [], "dataset_id": None, "train_utterances": None}
     text = render(tmp_path, training_summary=summary, dataset_id=None).text
-    for row in ["| Optimizer steps | 40 |", "| Batch size per device | 4 |", "| DeepSpeed | not used |", "| Frozen | nothing |"]:
+    for row in ["| Optimizer steps | 40 |", "| Batch size per device | 4 |", "| DeepSpeed | not used |",
+                "| Frozen | nothing |", "| CTC head (aux loss; drafts for `ctc_draft=True`) | True |",
+                "| CTC loss weight | 1 |", "| CTC loss trains the encoder | True |"]:
         assert row in text
     for absent in ["Training utterances", "LoRA", "base_models", "dataset_id"]:
         assert absent not in text
     assert "(not published on the Hugging Face Hub)" in text
     assert "dataset = ...  # tiny pyopenjtalk speech" in text
     assert ModelCard.load(tmp_path / "README.md").data.datasets is None
+    # a model without a CTC head: train_hf.py sends None for the CTC settings, so no rows
+    headless = dict(summary, bridge_type="conv", ctc_head=False, ctc_loss_weight=None, ctc_trains_encoder=None)
+    text = render(tmp_path, dict(RESULTS, bridge_type="conv"), training_summary=headless, dataset_id=None).text
+    assert "| CTC head (aux loss; drafts for `ctc_draft=True`) | False |" in text
+    assert "CTC loss weight" not in text and "CTC loss trains the encoder" not in text

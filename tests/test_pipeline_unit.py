@@ -343,6 +343,35 @@ def test_generate_kwargs_pass_through_and_no_stock_defaults(model, tokenizer, fe
     assert model.calls[-1]["kwargs"] == {"max_new_tokens": 4, "num_beams": 2}
 
 
+def test_ctc_draft_always_gets_the_pipeline_tokenizer(pipe, model, tokenizer):
+    # Whether the draft needs it (a character CTC head) is the model's business: the fake model has no CTC config.
+    pipe(speech(WORDS[:4]), ctc_draft=True)
+    assert model.calls[-1]["kwargs"] == {"ctc_draft": True, "tokenizer": tokenizer}
+    own = object()
+    pipe(speech(WORDS[:4]), generate_kwargs={"ctc_draft": True, "tokenizer": own})
+    assert model.calls[-1]["kwargs"]["tokenizer"] is own
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_generators_and_datasets_stream(pipe, model, batch_size):
+    word_lists = [WORDS[:3], WORDS[5:9], WORDS[10:12]]
+    expected = [{"text": text(words)} for words in word_lists]
+    streamed = pipe((speech(words) for words in word_lists), batch_size=batch_size)
+    assert not isinstance(streamed, list)
+    assert next(streamed) == expected[0]  # lazily: the first batch only so far
+    assert sum(call["batch"] for call in model.calls) == batch_size
+    assert [expected[0], *streamed] == expected
+
+    class Audios(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(word_lists)
+
+        def __getitem__(self, i):
+            return speech(word_lists[i])
+
+    assert list(pipe(Audios(), batch_size=batch_size)) == expected
+
+
 def test_pipeline_errors(pipe, tmp_path):
     too_short = "the audio has 100 samples at 16000 Hz; the model needs at least 400 (0.025 s)"
     with pytest.raises(ValueError, match=re.escape(too_short)):

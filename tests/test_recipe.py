@@ -67,8 +67,10 @@ def test_shortened_recipe_learns_and_writes_a_loadable_folder(tmp_path):
     assert rows[-1]["llm_loss"] < 0.8 * rows[0]["llm_loss"] and rows[-1]["ctc_loss"] < 0.9 * rows[0]["ctc_loss"]
     fit = results["draft_head_fit"]  # the draft head refitted on the trained encoder
     assert fit["steps"] == 50 and fit["ctc_loss_last"] < fit["ctc_loss_first"]
-    weight = HubertGptForConditionalGeneration.config_class.from_pretrained(out).ctc_loss_weight
-    assert weight == 0.01
+    summary = results["training_summary"]  # training settings: recorded with the run, not in the model's config
+    assert (summary["ctc_head"], summary["ctc_loss_weight"], summary["ctc_trains_encoder"]) == (True, 0.01, False)
+    weight = summary["ctc_loss_weight"]
+    assert "ctc_loss_weight" not in json.loads((out / "config.json").read_text())
     for row in rows:  # the logged parts are the parts of the loss (means over the same steps)
         assert row["loss"] == pytest.approx(row["llm_loss"] + weight * row["ctc_loss"], rel=1e-3)
     assert results["dataset_name"] == "ja-synth" and results["split"] == "test" and results["bridge_type"] == "conv"
@@ -78,7 +80,8 @@ def test_shortened_recipe_learns_and_writes_a_loadable_folder(tmp_path):
     assert model.config.bridge_type == "conv" and model.config.audio_config.hidden_size == 64  # --model_size tiny
     # the draft head spells the training text's characters
     train_text = "".join(datasets.load_from_disk(next((tmp_path / "data").iterdir()))["train"]["transcription"])
-    assert model.config.ctc_head_vocab == sorted(set(train_text))
+    assert model.ctc_head.vocab == model.config.ctc_head_config["vocab"] == sorted(set(train_text))
+    assert model.config.ctc_head_config["kernel_size"] == 5 and not model.bridge.uses_ctc_head
 
 
 def test_transcribe_cli_reports_bad_files_and_goes_on(tmp_path):
@@ -120,9 +123,9 @@ def test_recipe_defaults_follow_the_bridge_and_flags_win():
         return train_hf.parse(["--output_dir", "out", *argv])[0]
 
     conv = model_args()  # no data, no model: the recipe, conv bridge with a CTC draft head trained alone
-    assert (conv.bridge, conv.ctc_head, conv.ctc_head_trains_encoder, conv.ctc_loss_weight) == ("conv", True, False, 0.01)
+    assert (conv.bridge, conv.ctc_head, conv.ctc_trains_encoder, conv.ctc_loss_weight) == ("conv", True, False, 0.01)
     for argv in (["--bridge", "ctc"], ["--bridge=ctc"]):
         ctc = model_args(*argv)
         assert (ctc.bridge, ctc.ctc_head, ctc.ctc_loss_weight) == ("ctc", False, 1.0)
-    mine = model_args("--ctc_loss_weight", "0.5", "--ctc_head_trains_encoder", "true")
-    assert (mine.ctc_head, mine.ctc_head_trains_encoder, mine.ctc_loss_weight) == (True, True, 0.5)
+    mine = model_args("--ctc_loss_weight", "0.5", "--ctc_trains_encoder", "true")
+    assert (mine.ctc_head, mine.ctc_trains_encoder, mine.ctc_loss_weight) == (True, True, 0.5)

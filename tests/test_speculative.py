@@ -14,12 +14,9 @@ from test_model import LENGTHS, build, padded_batch, strip
 
 from hubert_gpt_training.tiny import tiny_config
 from modeling_hubert_gpt import HubertGptASRPipeline, HubertGptForConditionalGeneration
-from modeling_hubert_gpt.speculative_hubert_gpt import (
-    DraftAligner,
-    ctc_greedy_drafts,
-    ngram_proposal,
-    speculative_greedy_decode,
-)
+from modeling_hubert_gpt.ctc_head_hubert_gpt import HubertGptCtcHead
+from modeling_hubert_gpt.generation_hubert_gpt import Bounds
+from modeling_hubert_gpt.speculative_hubert_gpt import DraftAligner, ngram_proposal, speculative_greedy_decode
 
 
 def greedy_rows(model, tokens):
@@ -27,6 +24,11 @@ def greedy_rows(model, tokens):
     pad, eos = model.generation_config.pad_token_id, model.generation_config.eos_token_id
     rows = [strip(row, pad) for row in tokens]
     return [row[:-1] if row and row[-1] == eos else row for row in rows]
+
+
+def ctc_drafts(model, speech):
+    """The model's own CTC draft for a SpeechPrompt (the CTC head run): greedy labels as LLM tokens."""
+    return model.ctc_head.to_tokens(model.ctc_head.greedy_labels(speech.ctc_logits, speech.frame_lengths))
 
 
 def corrupt(row, vocab_size, seed):
@@ -49,13 +51,18 @@ def ctc_model():
 
 
 # --- drafts and alignment ----------------------------------------------------------------------------------------
-def test_ctc_greedy_drafts_collapse_repeats_drop_blanks_and_padding():
+def test_ctc_greedy_labels_collapse_repeats_drop_blanks_and_padding():
     blank = 9
     frames = [[blank, 5, 5, blank, 5, 7, 7, 7, blank, 3], [4, 4, blank, 4, 6, 6, 8, 8, 8, 8]]
     logits = torch.nn.functional.one_hot(torch.tensor(frames), 10).float()
-    drafts = ctc_greedy_drafts(logits, torch.tensor([9, 6]), blank)
+    head = HubertGptCtcHead(tiny_config(vocab_size=10, ctc_head_config={"blank_id": blank}))  # labels 0..9, 9 blank
+    assert head.blank_id == blank and head.label_count == 10
+    drafts = head.greedy_labels(logits, torch.tensor([9, 6]))
     assert drafts == [[5, 5, 7], [4, 4, 6]]  # frame 9 of row 0 and frames 6.. of row 1 are padding
-    assert ctc_greedy_drafts(logits, torch.tensor([10, 10]), blank, vocab_size=8) == [[5, 5, 7, 3], [4, 4, 6]]
+    assert head.to_tokens(drafts) == drafts  # a token head's labels are the LLM's tokens
+    head = HubertGptCtcHead(tiny_config(vocab_size=8))  # labels 0..7, blank 8: the 9s are no label either
+    assert head.blank_id == 8 and head.label_count == 8
+    assert head.greedy_labels(logits, torch.tensor([10, 10])) == [[5, 5, 7, 3], [4, 4, 6]]
 
 
 def test_aligner_follows_the_llm_after_mismatches():
@@ -130,8 +137,9 @@ def test_verifier_without_drafts_is_one_token_per_pass(ctc_model):
     speech = model.encode_speech(values, mask)
     embeds, prompt_mask, positions, _ = model.pack_prompt(speech.embeds, speech.lengths, left_pad=True)
     limits = model.max_new_tokens_for(speech.sample_lengths).tolist()
+    bounds = Bounds(max_new=limits, per_utterance=True, min_new=0, eos_ids=[2], pad_id=0)
     out, stats = speculative_greedy_decode(
-        model.language_model, embeds, prompt_mask, positions, [[], [], []], limits, eos_token_id=2, window=0, ngram=False
+        model.language_model, embeds, prompt_mask, positions, [[], [], []], bounds, window=0, ngram=False
     )
     torch.testing.assert_close(out, greedy, rtol=0, atol=0)
     assert stats["llm_forward_passes"] == greedy.shape[1] and sum(stats["proposed_tokens"].values()) == 0
@@ -144,10 +152,11 @@ def test_verifier_without_drafts_is_one_token_per_pass(ctc_model):
         dict(seed=0, feat_extract_norm="layer"),
         dict(seed=1, feat_extract_norm="group"),
         dict(seed=2, feat_extract_norm="layer", audio_model_type="wavlm", text_model_type="llama"),
-        dict(seed=3, feat_extract_norm="layer", bridge_type="conv", ctc_head=True),  # conv bridge + CTC draft head
-        dict(seed=4, feat_extract_norm="layer", bridge_type="conv", ctc_head=True, ctc_head_kernel_size=5),
+        dict(seed=3, feat_extract_norm="layer", bridge_type="conv", ctc_head_config={}),  # conv bridge + draft head
+        dict(seed=4, feat_extract_norm="layer", bridge_type="conv", ctc_head_config={"kernel_size": 5}),
     ],
-    ids=lambda v: "-".join(map(str, v.values())),
+    ids=lambda v: "-".join(str(x) if not isinstance(x, dict) else "ctc_head" + "".join(f"-{k}{x[k]}" for k in x)
+                           for x in v.values()),
 )
 def test_random_models_ctc_draft_equals_greedy(variant):
     model = build(**{"bridge_type": "ctc", **variant})
@@ -155,8 +164,9 @@ def test_random_models_ctc_draft_equals_greedy(variant):
     greedy = model.generate(values, mask)
     out = model.generate(values, mask, ctc_draft=True)
     torch.testing.assert_close(out, greedy, rtol=0, atol=0)
+    assert model.ctc_head.label_count == 100
     assert model.last_generate_stats["draft_lengths"] == [
-        len(d) for d in ctc_greedy_drafts(*model.encode_speech(values, mask)[2:4], model.config.ctc_blank_id, 100)
+        len(d) for d in ctc_drafts(model, model.encode_speech(values, mask, ctc_head=True))
     ]
     for i, n in enumerate(LENGTHS):  # one utterance at a time too
         single = model.generate(values[i : i + 1, :n], ctc_draft=True)
@@ -211,18 +221,19 @@ def test_character_draft_head_drafts_through_the_tokenizer(tiny_tokenizer, tiny_
     torch.manual_seed(0)
     chars = sorted(set("今日は明日学校で本を読みます"))
     model = HubertGptForConditionalGeneration(
-        tiny_config("conv", tokenizer=tiny_tokenizer, ctc_head=True, ctc_head_vocab=chars)).eval()
+        tiny_config("conv", tokenizer=tiny_tokenizer, ctc_head_config={"vocab": chars})).eval()
     values, mask = padded_batch()
     greedy = model.generate(values, mask)
     out = model.generate(values, mask, ctc_draft=True, tokenizer=tiny_tokenizer)
     torch.testing.assert_close(out, greedy, rtol=0, atol=0)
-    speech = model.encode_speech(values, mask)
-    texts = ["".join(chars[i] for i in d)
-             for d in ctc_greedy_drafts(speech.ctc_logits, speech.frame_lengths, model.config.ctc_blank_id, len(chars))]
+    speech = model.encode_speech(values, mask, ctc_head=True)
+    assert model.ctc_head.label_count == len(chars) and model.ctc_head.blank_id == len(chars)
+    labels = model.ctc_head.greedy_labels(speech.ctc_logits, speech.frame_lengths)
+    texts = ["".join(chars[i] for i in d) for d in labels]
     assert all(texts)  # the random head spells something, so the tokenizer's drafts are exercised
     assert model.last_generate_stats["draft_lengths"] == [
         len(tiny_tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-    with pytest.raises(ValueError, match="needs tokenizer=processor.tokenizer"):
+    with pytest.raises(ValueError, match="needs the LLM's tokenizer .*tokenizer=processor.tokenizer"):
         model.generate(values, mask, ctc_draft=True)
     asr = HubertGptASRPipeline(model=model, tokenizer=tiny_tokenizer, feature_extractor=tiny_feature_extractor)
     audios = [make_audio(s, seed=i) for i, s in enumerate([1.0, 0.5, 0.7])]

@@ -70,6 +70,57 @@ def test_exported_folder_transcribes_in_a_fresh_process(smoke, tmp_path):
     assert got["pipeline_text"] == processor.batch_decode(expected, skip_special_tokens=True)
 
 
+def test_trainer_gives_every_loss_forward_the_ctc_settings(tiny_processor, tmp_path):
+    """HubertGptTrainer(ctc_loss_weight=, ctc_trains_encoder=) reaches the model in training and in evaluation
+    (generating or not), and its evaluation losses are the model's own."""
+    import datasets
+    from transformers import Seq2SeqTrainingArguments
+
+    from hubert_gpt_training.data import SpeechCollator
+    from hubert_gpt_training.tiny import tiny_config
+    from hubert_gpt_training.trainer import HubertGptTrainer
+
+    torch.manual_seed(0)
+    model = HubertGptForConditionalGeneration(tiny_config(tokenizer=tiny_processor.tokenizer, ctc_head_config={}))
+    rows = [{"audio": make_audio(0.5 + 0.1 * i, seed=i), "text": t} for i, t in enumerate(["今日は", "猫が水を", "hello"])]
+    collator = SpeechCollator(tiny_processor)
+    batch = collator(rows)
+    calls = []
+    forward = model.forward
+
+    def spy(*args, **kwargs):
+        calls.append({k: kwargs.get(k, "absent")
+                      for k in ("ctc_loss_weight", "ctc_trains_encoder", "num_items_in_batch")})
+        return forward(*args, **kwargs)
+
+    model.forward = spy
+    losses = {}
+    for weight in (0.0, 1.0):
+        args = Seq2SeqTrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none",
+                                        max_steps=1, predict_with_generate=True, per_device_train_batch_size=3,
+                                        per_device_eval_batch_size=3, remove_unused_columns=False, learning_rate=0.0)
+        trainer = HubertGptTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
+                                   eval_dataset=datasets.Dataset.from_list(rows), data_collator=collator,
+                                   processing_class=tiny_processor,
+                                   compute_metrics=lambda p: {"rows": len(p.label_ids)},
+                                   ctc_loss_weight=weight, ctc_trains_encoder=False)
+        calls.clear()
+        trainer.train()
+        assert [{k: c[k] for k in ("ctc_loss_weight", "ctc_trains_encoder")} for c in calls] == [
+            {"ctc_loss_weight": weight, "ctc_trains_encoder": False}]
+        for loss_only in (False, True):  # generating evaluation, and loss-only evaluation
+            trainer.args.prediction_loss_only = loss_only
+            calls.clear()
+            metrics = trainer.evaluate()
+            assert calls == [{"ctc_loss_weight": weight, "ctc_trains_encoder": False, "num_items_in_batch": "absent"}]
+            assert ("eval_rows" in metrics) == (not loss_only)
+            with torch.no_grad():
+                expected = forward(**batch, ctc_loss_weight=weight)
+            assert metrics["eval_loss"] == pytest.approx(float(expected.loss), rel=1e-5)
+            losses[weight] = metrics["eval_loss"]
+    assert losses[1.0] > losses[0.0]
+
+
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_deepspeed_trains_and_saved_model_generates_the_same(tmp_path, stage):
     got = driver(tmp_path, "--deepspeed", str(ROOT / "configs" / f"{stage}.json"), "--use_cpu", "--max_steps", "4",
@@ -111,6 +162,30 @@ def test_lora_adapter_merges_and_reproduces_outputs(smoke, tmp_path):
     before = load_file(smoke / "export" / "model.safetensors")
     after = load_file(out / "model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("language_model."))
+
+
+def test_new_ctc_head_on_an_existing_checkpoint_trains_as_its_own_part(smoke, tmp_path):
+    """--ctc_head on a checkpoint without one: a new head, trained (alone) even with the bridge frozen and under
+    LoRA, reported as its own part; LoRA on the encoder reaches the wrapped HF encoder's layers."""
+    got = driver(tmp_path, "--model_name_or_path", str(smoke / "export"), "--ctc_head", "--ctc_trains_encoder",
+                 "false", "--ctc_loss_weight", "0.5", "--freeze_bridge", "--lora", "--lora_encoder",
+                 "--max_steps", "3", "--draft_head_fit_steps", "5")
+    params = got["results"]["parameters"]
+    assert params["ctc_head"]["trainable"] > 0  # PEFT's trained copy (beside the frozen original it keeps)
+    assert params["bridge"]["trainable"] == 0
+    assert 0 < params["audio_tower"]["trainable"] < params["audio_tower"]["parameters"] / 2  # encoder adapters
+    summary = got["results"]["training_summary"]
+    assert (summary["ctc_head"], summary["ctc_loss_weight"], summary["ctc_trains_encoder"]) == (True, 0.5, False)
+    assert got["results"]["draft_head_fit"] is None  # the refit runs without LoRA only
+    assert got["saved"] == got["in_memory"]
+    before = load_file(smoke / "export" / "model.safetensors")
+    after = load_file(tmp_path / "out" / "model.safetensors")
+    assert {k for k in after if k not in before} == {"ctc_head.out.weight", "ctc_head.out.bias"}
+    # the encoder's layers changed through their merged adapters; the frozen bridge did not
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("audio_tower.model.encoder."))
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("bridge."))
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| CTC loss weight | 0.5 |" in card and "| CTC loss trains the encoder | False |" in card
 
 
 def test_frozen_parts_stay_bit_identical(smoke, tmp_path):
