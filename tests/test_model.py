@@ -182,6 +182,25 @@ def test_beam_search_batched_equals_single_and_sampling_is_seeded():
     assert first.shape == (3, 6) and torch.equal(first, second)
 
 
+def test_beam_search_keeps_per_utterance_bounds_batched_equals_single():
+    """Without max_new_tokens each utterance has its own bound, for beams too: rows that share a bound are decoded
+    together with exactly that bound, so the batch gives each utterance its single-run tokens."""
+    model = build()
+    model.generation_config.eos_token_id = None  # every row runs to its bound
+    values, mask = padded_batch()
+    bounds = model.max_new_tokens_for(torch.tensor(LENGTHS)).tolist()
+    assert bounds == [24, 22, 21]
+    beams = model.generate(values, mask, num_beams=2)
+    pad = model.generation_config.pad_token_id
+    assert beams.shape == (3, 24)
+    for i, n in enumerate(LENGTHS):
+        single = model.generate(values[i : i + 1, :n], num_beams=2)
+        assert single.shape[1] == bounds[i]
+        assert beams[i, : bounds[i]].tolist() == single[0].tolist() and (beams[i, bounds[i] :] == pad).all()
+    with pytest.raises(ValueError, match="pass max_new_tokens"):
+        model.generate(values, mask, num_beams=2, return_dict_in_generate=True)
+
+
 def test_streamer_sees_exactly_the_generated_tokens():
     model = build()
     values, _ = padded_batch([16000])
