@@ -144,7 +144,7 @@ class HubertGptCtcBridge(HubertGptBridge):
     def __init__(self, config):
         super().__init__()
         self.merge_repeats = bool(self.check_options(config.bridge_config)["merge_repeats"])
-        self.blank_id = config.ctc_head_config["blank_id"]
+        self.config = config  # the blank id is read at each call: resize_token_embeddings moves it
         self.proj = nn.Linear(config.audio_config.hidden_size, config.text_config.hidden_size)
 
     def output_lengths(self, frame_lengths):
@@ -155,7 +155,7 @@ class HubertGptCtcBridge(HubertGptBridge):
         if ctc_logits is None:
             raise ValueError("the ctc bridge picks frames with the CTC head's logits; forward got none")
         batch, frames, width = hidden.shape
-        blank_id = self.blank_id
+        blank_id = self.config.ctc_head_config["blank_id"]
         labels = ctc_logits.argmax(-1)  # (B, T)
         valid = torch.arange(frames, device=hidden.device) < frame_lengths[:, None]
         keep = valid & (labels != blank_id)

@@ -64,6 +64,31 @@ class HubertGptCtcHead(nn.Module):
             hidden = F.gelu(self.conv(hidden.transpose(1, 2))).transpose(1, 2)  # (B, Da, T) for Conv1d, back
         return self.out(hidden)
 
+    @torch.no_grad()
+    def resize_labels(self, label_count):
+        """A token head follows the LLM's new vocabulary size (`model.resize_token_embeddings`): label rows are kept
+        (the first `label_count` of them), added ones start as the mean of the old label rows (an average logit, so no
+        new token dominates before training), and a blank that was the extra class stays the extra class (moves to
+        `label_count`). Returns the new blank id."""
+        if self.vocab is not None:
+            return self.blank_id  # a character head does not spell LLM tokens
+        extra_blank = self.blank_id == self.label_count
+        if not extra_blank and self.blank_id >= label_count:
+            raise ValueError(f"the CTC head's blank is LLM token {self.blank_id}, which a vocabulary of {label_count} "
+                             "drops; set ctc_head_config['blank_id'] to a kept id or None (an extra class)")
+        old, kept = self.out, min(label_count, self.label_count)
+        labels = [i for i in range(self.label_count) if i != self.blank_id or extra_blank]  # rows that are labels
+        self.num_labels = label_count + 1 if extra_blank else label_count
+        self.out = nn.Linear(old.in_features, self.num_labels, device=old.weight.device, dtype=old.weight.dtype)
+        self.out.weight[:] = old.weight[labels].mean(0)
+        self.out.bias[:] = old.bias[labels].mean(0)
+        self.out.weight[:kept], self.out.bias[:kept] = old.weight[:kept], old.bias[:kept]
+        self.blank_id = label_count if extra_blank else self.blank_id
+        if extra_blank:
+            self.out.weight[label_count], self.out.bias[label_count] = old.weight[-1], old.bias[-1]
+        self.label_count = label_count
+        return self.blank_id
+
     # --- training ---
     def targets_from(self, labels, ctc_targets=None, eos_token_id=None):
         """What the head learns to spell (B, N), -100 padded: the transcript tokens of `labels` without eos, or for a

@@ -12,12 +12,13 @@ import torch.nn.functional as F
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
+    Cache,
     GenerationConfig,
     GenerationMixin,
     PreTrainedModel,
     StoppingCriteriaList,
 )
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .audio_encoder_hubert_gpt import HubertGptAudioEncoder
 from .bridges_hubert_gpt import bridge_class
@@ -50,10 +51,15 @@ class CtcPosteriors(NamedTuple):
 
 @dataclass
 class HubertGptOutput(ModelOutput):
-    """loss = llm_loss + ctc_loss_weight * ctc_loss; logits (B, L, V) over the packed prompt."""
+    """loss = llm_loss + ctc_loss_weight * ctc_loss; logits (B, L, V) over the packed prompt; cache (the KV cache),
+    hidden_states and attentions are the LLM's over that prompt (with use_cache / output_hidden_states /
+    output_attentions)."""
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
+    cache: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
     llm_loss: torch.FloatTensor | None = None
     ctc_loss: torch.FloatTensor | None = None
     speech_lengths: torch.LongTensor | None = None
@@ -61,14 +67,14 @@ class HubertGptOutput(ModelOutput):
 
 class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
     config_class = HubertGptConfig
-    base_model_prefix = "hubert_gpt"
+    base_model_prefix = "language_model"  # the body the speech prompt runs through (`model.base_model`)
     main_input_name = "input_values"
     input_modalities = ("audio", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["HubertGptAudioEncoder"]  # the encoder stays on one device (some omit a layer class)
     _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
+    _supports_flash_attn = True  # the encoder's and the LLM's own kernels; untested here (no GPU lent)
+    _supports_flex_attn = False  # flex attention does not run on CPU (compile error, torch 2.13): untested
     _supports_attention_backend = True
 
     def __init__(self, config: HubertGptConfig, audio_tower=None, language_model=None):
@@ -136,6 +142,15 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, value):
         self.language_model.set_output_embeddings(value)
+
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+        """The LLM's embeddings and LM head, and a token CTC head with them (its blank stays apart from the new
+        tokens; config.ctc_head_config follows, so the resized model saves and loads)."""
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        if self.ctc_head is not None and self.ctc_head.vocab is None:
+            blank_id = self.ctc_head.resize_labels(self.config.text_config.vocab_size)
+            self.config.ctc_head_config = {**self.config.ctc_head_config, "blank_id": blank_id}
+        return embeddings
 
     # --- lengths -----------------------------------------------------------------------------------
     def encoder_output_lengths(self, sample_lengths):
@@ -258,6 +273,7 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         return embeds, attention_mask.long(), position_ids, labels
 
     # --- training -----------------------------------------------------------------------------------
+    @can_return_tuple
     def forward(self, input_values=None, attention_mask=None, labels=None, ctc_targets=None, ctc_loss_weight=None,
                 ctc_trains_encoder=True, **kwargs):
         """LLM loss on the transcript tokens (labels (B, N), -100 padded, ending with eos) + auxiliary CTC loss.
@@ -265,14 +281,17 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         ctc_targets (B, C), -100 padded: the transcript's character ids for a character CTC head (a token head
         takes its targets from `labels`). ctc_loss_weight: the CTC loss's weight (None: 0.3; 0: no CTC loss, and a
         head the bridge does not need is not run). ctc_trains_encoder=False: that loss trains the head alone (the
-        encoder's gradient stopped), for a draft head next to a bridge that does not use it.
+        encoder's gradient stopped), for a draft head next to a bridge that does not use it. Other keywords
+        (use_cache, output_hidden_states, output_attentions, ...) go to the LLM; return_dict=False (or
+        config.return_dict=False) returns the output's non-None fields as a tuple.
         """
         weight = DEFAULT_CTC_LOSS_WEIGHT if ctc_loss_weight is None else ctc_loss_weight
         needs_ctc = labels is not None and weight > 0 and self.ctc_head is not None
         speech = self.encode_speech(input_values, attention_mask, ctc_head=needs_ctc, ctc_trains_encoder=ctc_trains_encoder)
         embeds, prompt_mask, position_ids, llm_labels = self.pack_prompt(speech.embeds, speech.lengths, labels)
         outputs = self.language_model(
-            inputs_embeds=embeds, attention_mask=prompt_mask, position_ids=position_ids, labels=llm_labels, **kwargs
+            inputs_embeds=embeds, attention_mask=prompt_mask, position_ids=position_ids, labels=llm_labels,
+            return_dict=True, **kwargs
         )
         llm_loss, ctc_loss, loss = outputs.loss, None, outputs.loss
         if needs_ctc:
@@ -281,7 +300,9 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
             ctc_loss = self.ctc_head.loss(speech.ctc_logits, speech.frame_lengths, targets)
             loss = llm_loss + weight * ctc_loss
         return HubertGptOutput(
-            loss=loss, logits=outputs.logits, llm_loss=llm_loss, ctc_loss=ctc_loss, speech_lengths=speech.lengths
+            loss=loss, logits=outputs.logits, cache=outputs.get("cache"),
+            hidden_states=outputs.get("hidden_states"), attentions=outputs.get("attentions"), llm_loss=llm_loss,
+            ctc_loss=ctc_loss, speech_lengths=speech.lengths,
         )
 
     # --- inference ----------------------------------------------------------------------------------
@@ -290,16 +311,20 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         """Transcribe a batch: returns only the new tokens (B, N), padded with pad_token_id after eos.
 
         One path: encode -> pack the prompt (left-padded) -> `language_model.generate`. GenerationConfig options and
-        generate() keywords work (num_beams, do_sample, streamer, logits_processor, ...); `assistant_model` does not
-        (the assistant would need the audio): `ctc_draft=True` is the speculative path, lossless CTC-draft greedy
-        decoding (models with a CTC head; see speculative_hubert_gpt.py for its options). Without max_new_tokens /
+        generate() keywords work (num_beams, do_sample, streamer, logits_processor, return_dict_in_generate,
+        cache_implementation="static", ...); `assistant_model` and `prompt_lookup_num_tokens` do not (an assistant
+        would need the audio; prompt lookup needs a text prompt): `ctc_draft=True` is the speculative path, lossless
+        CTC-draft greedy decoding (models with a CTC head; see speculative_hubert_gpt.py for its options). Without max_new_tokens /
         max_length each utterance stops at its own bound (generation_hubert_gpt.py), for beam search too.
         """
         kwargs.pop("labels", None)  # Seq2SeqTrainer passes the training batch; transcripts are not a prompt here
         kwargs.pop("ctc_targets", None)
-        if kwargs.get("assistant_model") is not None:
-            raise ValueError("assistant_model is not supported: transformers would call the assistant without the "
-                             "audio. Use generate(..., ctc_draft=True), lossless speculative decoding with the CTC head")
+        refused = {"assistant_model": "transformers would call the assistant without the audio",
+                   "prompt_lookup_num_tokens": "it drafts from the prompt's token ids, and this prompt is speech"}
+        for name, why in refused.items():
+            if kwargs.get(name) is not None:
+                raise ValueError(f"{name} is not supported: {why}. Use generate(..., ctc_draft=True), lossless "
+                                 "speculative decoding with the CTC head's drafts")
         draft_options = {k: kwargs.pop(k) for k in ("draft_override", "ctc_draft_window", "ctc_draft_ngram", "tokenizer")
                          if k in kwargs}
         if draft_options and not ctc_draft:
