@@ -53,7 +53,7 @@ def seconds_per_frame(model):
 
 
 def require_ctc_head(model, what="Timestamps"):
-    if model.ctc_head is None:
+    if getattr(model, "ctc_head", None) is None:
         raise ValueError(
             f"{what} come from the CTC head, and this model has none (config.ctc_head_config is None). Models with "
             "one: the ctc bridge (bridge_type='ctc'), a conv-bridge model trained with a CTC head (train_hf.py "

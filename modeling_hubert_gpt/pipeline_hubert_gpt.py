@@ -27,6 +27,7 @@ from functools import reduce
 import numpy as np
 import torch
 from transformers import Pipeline
+from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.utils import logging
 
 from .processing_hubert_gpt import to_mono_float32
@@ -218,6 +219,20 @@ class _Inputs:
     batch_size: int
 
 
+@dataclass
+class _Chunk:
+    """A piece of one input: its audio, where it starts in the input, the input's length; whether it overlaps its
+    neighbours (fixed chunks, merged on tokens) or not (cut at pauses, joined); the CTC log-posteriors of the whole
+    input (cut at pauses: on the input's first piece) or, once transcribed with timestamps, of the piece."""
+
+    audio: np.ndarray
+    start: int
+    total: int
+    overlapping: bool = False
+    whole_posteriors: torch.Tensor | None = None  # (T, C) of the whole input
+    posteriors: torch.Tensor | None = None  # (T_k, C) of this piece
+
+
 class HubertGptASRPipeline(Pipeline):
     """Speech recognition with `model.generate()`.
 
@@ -326,6 +341,8 @@ class HubertGptASRPipeline(Pipeline):
         """chunk_length_s for audio longer than the model takes (duration_hubert_gpt.py), or None when it fits."""
         from .duration_hubert_gpt import longest_input_samples
 
+        if not hasattr(self.model, "audio_tower"):
+            return None
         longest = longest_input_samples(self.model)
         if longest is None or num_samples <= longest:
             return None
@@ -354,11 +371,18 @@ class HubertGptASRPipeline(Pipeline):
             chunk_length_s = self._auto_chunk_length_s(len(audio))
             stride_length_s = None
         if not chunk_length_s:
-            return [(audio, 0, len(audio))]
+            return [_Chunk(audio, 0, len(audio))]
         chunk_len, overlap = self._chunk_sizes(chunk_length_s, stride_length_s)
         self._check_length(min(chunk_len, len(audio)), f"a chunk of chunk_length_s={chunk_length_s}")
+        if getattr(self.model, "ctc_head", None) is not None and len(audio) > chunk_len:
+            from .segments_hubert_gpt import cut_at_pauses
+
+            spans, whole = cut_at_pauses(self.model, audio, chunk_len, self._hop())
+            chunks = [_Chunk(audio[start:end], start, len(audio)) for start, end in spans]
+            chunks[0].whole_posteriors = whole
+            return chunks
         spans = chunk_spans(len(audio), chunk_len, overlap, multiple=self._hop())
-        return [(audio[start:end], start, len(audio)) for start, end in spans]
+        return [_Chunk(audio[start:end], start, len(audio), overlapping=True) for start, end in spans]
 
     def preprocess(self, inputs, chunk_length_s=None, stride_length_s=None):
         """`_Inputs` -> `{"batches": iterator of (input indices, audio chunks), "num_inputs": int}`.
@@ -379,16 +403,16 @@ class HubertGptASRPipeline(Pipeline):
 
         def batches():
             while batch := list(itertools.islice(chunks, batch_size)):
-                yield [i for i, _ in batch], [chunk for _, chunk in batch]  # chunk: (audio, first sample, input length)
+                yield [i for i, _ in batch], [chunk for _, chunk in batch]
 
         return {"batches": batches(), "num_inputs": len(items)}
 
     def _forward(self, model_inputs, return_timestamps=None, **generate_kwargs):
         if generate_kwargs.get("ctc_draft"):
             generate_kwargs.setdefault("tokenizer", self.tokenizer)  # the model decides whether its draft needs it
-        tokens, posteriors = [], []  # per chunk: (input index, (N,) new tokens); (first sample, length, (T, C))
+        tokens, pieces = [], []  # per chunk: (input index, (N,) new tokens); its _Chunk
         for indices, chunks in model_inputs["batches"]:
-            audios = [audio for audio, _, _ in chunks]
+            audios = [chunk.audio for chunk in chunks]
             features = self.feature_extractor(
                 audios,
                 sampling_rate=self.feature_extractor.sampling_rate,
@@ -398,18 +422,20 @@ class HubertGptASRPipeline(Pipeline):
             )
             input_values = features["input_values"].to(self.device, self.model.dtype)  # (B, S)
             attention_mask = features["attention_mask"].to(self.device, torch.long)  # (B, S)
-            speech = None
+            speech = {}
             if return_timestamps:  # the CTC head read once, for the guards and for the timestamps
-                speech = self.model.encode_speech(input_values, attention_mask, ctc_head=True)
-                log_probs = speech.ctc_logits.float().log_softmax(-1).cpu()  # (B, T, C)
-                posteriors += [(start, total, rows[:n]) for (_, start, total), rows, n
-                               in zip(chunks, log_probs, speech.frame_lengths.tolist())]
-            out = self.model.generate(input_values=input_values, attention_mask=attention_mask, speech_prompt=speech,
-                                      **generate_kwargs)
+                speech["speech_prompt"] = self.model.encode_speech(input_values, attention_mask, ctc_head=True)
+                log_probs = speech["speech_prompt"].ctc_logits.float().log_softmax(-1).cpu()  # (B, T, C)
+                for chunk, rows, n in zip(chunks, log_probs, speech["speech_prompt"].frame_lengths.tolist()):
+                    chunk.posteriors = rows[:n]
+            out = self.model.generate(input_values=input_values, attention_mask=attention_mask, **speech, **generate_kwargs)
             if not isinstance(out, torch.Tensor):  # return_dict_in_generate=True
                 out = out.sequences
             tokens += zip(indices, out)
-        return {"tokens": tokens, "posteriors": posteriors, "num_inputs": model_inputs["num_inputs"]}
+            for chunk in chunks:
+                chunk.audio = None  # read; the rest is kept for postprocess
+            pieces += chunks
+        return {"tokens": tokens, "chunks": pieces, "num_inputs": model_inputs["num_inputs"]}
 
     def _end_and_special_ids(self):
         """(ids that end a transcript: eos and pad, ids dropped anywhere: all special ids)"""
@@ -428,18 +454,20 @@ class HubertGptASRPipeline(Pipeline):
         [{"text", "timestamp": (start_s, end_s)}] of the whole input (alignment_hubert_gpt.py)."""
         ends, special = self._end_and_special_ids()
         chunks = [[] for _ in range(model_outputs["num_inputs"])]  # per input, its chunks' token lists in order
-        posteriors = [[] for _ in range(model_outputs["num_inputs"])]  # per input, its chunks' CTC log-posteriors
-        for k, (index, row) in enumerate(model_outputs["tokens"]):
+        pieces = [[] for _ in range(model_outputs["num_inputs"])]  # per input, its _Chunks in order
+        for (index, row), piece in zip(model_outputs["tokens"], model_outputs["chunks"]):
             ids = row.tolist()
             ids = ids[: next((i for i, t in enumerate(ids) if t in ends), len(ids))]  # drop eos and the padding after
             chunks[index].append([t for t in ids if t not in special])
-            if model_outputs["posteriors"]:  # return_timestamps: one per chunk, in the same order
-                posteriors[index].append(model_outputs["posteriors"][k])
-        outputs = [{"text": self.tokenizer.decode(merge_chunk_tokens(c), skip_special_tokens=True)} for c in chunks]
+            pieces[index].append(piece)
+        outputs = [{"text": self.tokenizer.decode(
+            merge_chunk_tokens(c) if p[0].overlapping else [t for tokens in c for t in tokens], skip_special_tokens=True)}
+            for c, p in zip(chunks, pieces)]
         if return_timestamps:
             from .alignment_hubert_gpt import align_texts
 
-            stitched = [stitch_posteriors(p, self._hop()) for p in posteriors]
+            stitched = [p[0].whole_posteriors if p[0].whole_posteriors is not None else
+                        stitch_posteriors([(c.start, c.total, c.posteriors) for c in p], self._hop()) for p in pieces]
             lengths = torch.tensor([len(p) for p in stitched])
             log_probs = torch.nn.utils.rnn.pad_sequence(stitched, batch_first=True)  # (inputs, T, C)
             for out, found in zip(outputs, align_texts(self.model, log_probs, lengths, [o["text"] for o in outputs],
@@ -457,8 +485,8 @@ class HubertGptASRPipeline(Pipeline):
         register_pipeline_in_config(self.model.config)
         super().save_pretrained(save_directory, **kwargs)
         if os.path.isdir(save_directory):  # the base class logs an error and saves nothing for a file path
-            for module in (__name__, to_mono_float32.__module__):
-                shutil.copy(sys.modules[module].__file__, save_directory)
+            for path in {sys.modules[__name__].__file__, *get_relative_import_files(sys.modules[__name__].__file__)}:
+                shutil.copy(path, save_directory)  # this file and every file it imports, as the model's save does
 
 
 # --- saving with the model ----------------------------------------------------------------------------------------
