@@ -79,7 +79,7 @@ def with_llm_defaults(model, config):
 def llm_generation_config(config):
     """`config` without hubert-gpt's own attributes, for the LLM's generate()."""
     config = copy.deepcopy(config)
-    for name in BOUND_DEFAULTS:
+    for name in (*BOUND_DEFAULTS, "no_speech_threshold", "loop_guard"):  # the guards' settings: guards_hubert_gpt.py
         if hasattr(config, name):
             delattr(config, name)
     return config

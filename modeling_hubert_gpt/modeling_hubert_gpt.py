@@ -230,6 +230,14 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         log_probs = self.ctc_head(hidden, frame_lengths).float().log_softmax(-1)
         return CtcPosteriors(log_probs, frame_lengths, sample_lengths)
 
+    def align(self, input_values, attention_mask=None, transcripts=None, tokenizer=None, level="char"):
+        """Timestamps of `transcripts` (B strings, or token ids with `tokenizer`) in audio (B, S), read from the CTC
+        head: per utterance a list of {"text", "timestamp": (start_s, end_s)} per character, word (level="word") or
+        segment (level=True). See alignment_hubert_gpt.py (needs torchaudio)."""
+        from .alignment_hubert_gpt import align  # a relative import: the file is saved alongside
+
+        return align(self, input_values, attention_mask, transcripts, tokenizer, level)
+
     def pack_prompt(self, speech, speech_lengths, text_ids=None, left_pad=False):
         """Lay out [bos] + speech + [sep] (+ transcript) per utterance.
 
@@ -316,7 +324,13 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         would need the audio; prompt lookup needs a text prompt): `ctc_draft=True` is the speculative path, lossless
         CTC-draft greedy decoding (models with a CTC head; see speculative_hubert_gpt.py for its options). Without max_new_tokens /
         max_length each utterance stops at its own bound (generation_hubert_gpt.py), for beam search too.
+        Models with a CTC head guard the LLM with it (guards_hubert_gpt.py): `no_speech_threshold` (None: off) and
+        `loop_guard` (False: off). `speech_prompt`: this audio's `encode_speech(..., ctc_head=True)`, computed once
+        by a caller that reads the CTC head too (the pipeline's timestamps).
         """
+        from .duration_hubert_gpt import check_duration  # relative imports: the files are saved alongside
+        from .guards_hubert_gpt import fill_silent_rows, resolve_guards
+
         kwargs.pop("labels", None)  # Seq2SeqTrainer passes the training batch; transcripts are not a prompt here
         kwargs.pop("ctc_targets", None)
         refused = {"assistant_model": "transformers would call the assistant without the audio",
@@ -329,15 +343,46 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
                          if k in kwargs}
         if draft_options and not ctc_draft:
             raise TypeError(f"{sorted(draft_options)} are options of ctc_draft=True")
-        speech = self.encode_speech(input_values, attention_mask, ctc_head=ctc_draft and (
-            "draft_override" not in draft_options or callable(draft_options["draft_override"])))
+        guards = resolve_guards(self, kwargs)
+        speech = kwargs.pop("speech_prompt", None)
+        if speech is None:
+            speech = self.encode_speech(input_values, attention_mask, ctc_head=guards.needs_ctc_head or ctc_draft and (
+                "draft_override" not in draft_options or callable(draft_options["draft_override"])))
+        if guards.needs_ctc_head:
+            guards.read(self.ctc_head, speech.ctc_logits, speech.frame_lengths)
+        check_duration(self, speech.sample_lengths)
+        rows, batch = guards.speaking_rows(), len(speech.sample_lengths)
+        if guards.no_speech_threshold is None or len(rows) == batch:
+            return self._decode(speech, generation_config, ctc_draft, draft_options, guards, kwargs)
+        if isinstance(draft_options.get("draft_override"), (list, tuple)):
+            draft_options["draft_override"] = [draft_options["draft_override"][b] for b in rows]
+        tokens = None
+        if rows:
+            kept = SpeechPrompt(*(None if part is None else part[rows] for part in speech))
+            tokens = self._decode(kept, generation_config, ctc_draft, draft_options, guards.select(rows), kwargs)
+            if not isinstance(tokens, torch.Tensor):
+                raise ValueError("the no-speech guard returns tokens only; pass no_speech_threshold=None to get "
+                                 "return_dict_in_generate's outputs")
+        _, bounds = resolve_generation(self, generation_config, dict(kwargs), speech.sample_lengths, 0)
+        return fill_silent_rows(tokens, rows, batch, bounds)
+
+    def _decode(self, speech, generation_config, ctc_draft, draft_options, guards, kwargs):
+        """generate() once the audio is encoded: pack the prompt, resolve the bounds (the loop guard's cap included),
+        decode, cut unsupported repetitions."""
         embeds, prompt_mask, position_ids, _ = self.pack_prompt(speech.embeds, speech.lengths, left_pad=True)
         config, bounds = resolve_generation(self, generation_config, kwargs, speech.sample_lengths, prompt_mask.shape[1])
+        bounds = guards.cap(bounds)
         if ctc_draft:
             from .speculative_hubert_gpt import ctc_draft_generate  # a relative import: the file is saved alongside
 
-            return ctc_draft_generate(self, speech, embeds, prompt_mask, position_ids, config, bounds, kwargs,
-                                      **draft_options)
+            tokens = ctc_draft_generate(self, speech, embeds, prompt_mask, position_ids, config, bounds, kwargs,
+                                        **draft_options)
+        else:
+            tokens = self._generate_tokens(embeds, prompt_mask, position_ids, config, bounds, kwargs)
+        return guards.cut_repeats(tokens, bounds)
+
+    def _generate_tokens(self, embeds, prompt_mask, position_ids, config, bounds, kwargs):
+        """language_model.generate after the packed prompt, each row within its bound."""
         if bounds.per_utterance and config.num_beams > 1 and len(set(bounds.max_new)) > 1:
             if config.return_dict_in_generate:
                 raise ValueError("beam search with per-utterance bounds decodes rows in groups and returns tokens only; "

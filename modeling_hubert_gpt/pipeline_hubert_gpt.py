@@ -4,7 +4,8 @@ The stock `AutomaticSpeechRecognitionPipeline` treats a remote-code model as CTC
 adds `num_beams=5, max_new_tokens=256`, needs the ffmpeg binary for files, torchaudio for resampling, and with
 `chunk_length_s` joins the chunk texts with their overlaps duplicated. This pipeline runs `model.generate()`, leaves
 generation settings to the model's `generation_config`, decodes files with soundfile, resamples with scipy, and merges
-the chunk transcripts on their common tokens (`merge_overlapping_tokens`).
+the chunk transcripts on their common tokens (`merge_overlapping_tokens`), chunks audio longer than the model takes
+without being asked, and returns timestamps (`return_timestamps`) for models with a CTC head.
 
 It subclasses `transformers.Pipeline` through its documented extension points only (`_sanitize_parameters`,
 `preprocess`, `_forward`, `postprocess`; `custom_pipelines` in config.json for `pipeline(..., trust_remote_code=True)`),
@@ -26,10 +27,13 @@ from functools import reduce
 import numpy as np
 import torch
 from transformers import Pipeline
+from transformers.dynamic_module_utils import get_relative_import_files
+from transformers.utils import logging
 
 from .processing_hubert_gpt import to_mono_float32
 
 TASK = "automatic-speech-recognition"
+logger = logging.get_logger(__name__)
 
 ACCEPTED_FORMATS = "wav, flac, ogg (vorbis/opus) and mp3 (what libsndfile decodes; no ffmpeg)"
 
@@ -71,20 +75,23 @@ def merge_chunk_tokens(chunks):
     return reduce(merge_overlapping_tokens, chunks, [])
 
 
-def chunk_spans(num_samples, chunk_len, overlap):
+def chunk_spans(num_samples, chunk_len, overlap, multiple=1):
     """(start, end) sample spans of chunks of `chunk_len` samples covering `num_samples`, consecutive ones sharing at
     least `overlap` samples.
 
-    The last chunk is moved back so it ends at `num_samples` and is as long as the others (a short tail chunk could be
-    below the model's minimum input and would give it little context); it then overlaps its neighbour by more.
+    The last chunk is moved back so it ends at `num_samples` and is about as long as the others (a short tail chunk
+    could be below the model's minimum input and would give it little context); it then overlaps its neighbour by more.
+    Every start is a multiple of `multiple` when chunk_len - overlap is (the encoder's hop: chunk frames then fall on
+    the whole audio's frames), so the last chunk may be up to `multiple` - 1 samples longer.
     """
     step = chunk_len - overlap
     if step <= 0:
         raise ValueError(f"chunk length ({chunk_len} samples) must exceed the overlap ({overlap} samples)")
     if num_samples <= chunk_len:
         return [(0, num_samples)]
-    starts = list(range(0, num_samples - chunk_len, step)) + [num_samples - chunk_len]
-    return [(start, start + chunk_len) for start in starts]
+    last = (num_samples - chunk_len) // multiple * multiple
+    starts = list(range(0, last, step)) + [last]
+    return [(start, min(start + chunk_len, num_samples)) for start in starts[:-1]] + [(last, num_samples)]
 
 
 # --- audio loading ------------------------------------------------------------------------------------------------
@@ -163,6 +170,23 @@ def _resample(audio, rate, target_rate):
     return resample_poly(audio, target_rate // g, int(rate) // g).astype(np.float32)
 
 
+def stitch_posteriors(chunks, hop):
+    """One input's CTC log-posteriors from its chunks' [(first sample, input samples, (T_k, C))], in chunk order:
+    (T, C) on the whole input's frames. Each chunk gives the frames up to the middle of its overlap with the next (its
+    first sample a multiple of `hop`: its frame t is the input's frame start / hop + t)."""
+    parts, done = [], 0  # done: global frames taken so far
+    for k, (start, _, log_probs) in enumerate(chunks):
+        first = start // hop
+        if k + 1 < len(chunks):
+            chunk_end = first + len(log_probs)
+            stop = (chunks[k + 1][0] // hop + chunk_end) // 2  # the middle of the overlap
+        else:
+            stop = first + len(log_probs)
+        parts.append(log_probs[done - first : stop - first])
+        done = stop
+    return torch.cat(parts)
+
+
 # --- the pipeline -------------------------------------------------------------------------------------------------
 def input_duration_s(inputs, sampling_rate):
     """Seconds of audio in one pipeline input, read without decoding it (file headers, array shapes); 0.0 when it
@@ -195,6 +219,20 @@ class _Inputs:
     batch_size: int
 
 
+@dataclass
+class _Chunk:
+    """A piece of one input: its audio, where it starts in the input, the input's length; whether it overlaps its
+    neighbours (fixed chunks, merged on tokens) or not (cut at pauses, joined); the CTC log-posteriors of the whole
+    input (cut at pauses: on the input's first piece) or, once transcribed with timestamps, of the piece."""
+
+    audio: np.ndarray
+    start: int
+    total: int
+    overlapping: bool = False
+    whole_posteriors: torch.Tensor | None = None  # (T, C) of the whole input
+    posteriors: torch.Tensor | None = None  # (T_k, C) of this piece
+
+
 class HubertGptASRPipeline(Pipeline):
     """Speech recognition with `model.generate()`.
 
@@ -212,7 +250,15 @@ class HubertGptASRPipeline(Pipeline):
             lengths (little padding); the outputs come back in the order of the inputs.
         generate_kwargs (`dict`) or generation keywords (`num_beams=3`, ...): passed to `generate`. Nothing is
             added (but the tokenizer for `ctc_draft=True`): the model's generation_config decides the rest.
-    Output: `{"text": str}`.
+        return_timestamps (`"char"`, `"word"` or `True`; models with a CTC head): the transcript force-aligned to
+            the CTC head's posteriors (alignment_hubert_gpt.py): `"chunks"` per character, word or pause-separated
+            segment, times in seconds from the input's start (global across chunks, read from the whole input's
+            posteriors stitched from its chunks).
+        no_speech_threshold (`float` or None), loop_guard (`bool`): the CTC head's guards (guards_hubert_gpt.py),
+            passed to `generate`; on by default for models with a CTC head.
+    Audio longer than the model takes (its LLM context must hold the speech prompt and the transcript bound;
+    duration_hubert_gpt.py) is chunked without being asked, with a one-line warning naming `chunk_length_s`.
+    Output: `{"text": str}`, plus `"chunks": [{"text": str, "timestamp": (start_s, end_s)}]` with return_timestamps.
     """
 
     def __init__(self, model, feature_extractor=None, tokenizer=None, batch_size=None, **kwargs):
@@ -248,8 +294,12 @@ class HubertGptASRPipeline(Pipeline):
         generate_kwargs=None,
         **more_generate_kwargs,
     ):
-        if return_timestamps:
-            raise ValueError("HubertGptASRPipeline does not return timestamps.")
+        if return_timestamps is not None and return_timestamps is not False:
+            from .alignment_hubert_gpt import check_level, load_torchaudio, require_ctc_head
+
+            require_ctc_head(self.model)
+            check_level(return_timestamps)
+            load_torchaudio()  # a missing or mismatched torchaudio fails before any audio is read
         if return_language:
             raise ValueError("HubertGptASRPipeline does not detect the language.")
         if decoder_kwargs is not None:
@@ -260,7 +310,10 @@ class HubertGptASRPipeline(Pipeline):
         if stride_length_s is not None:
             preprocess_params["stride_length_s"] = stride_length_s
         forward_params = {**(generate_kwargs or {}), **more_generate_kwargs}
-        return preprocess_params, forward_params, {}
+        postprocess_params = {}
+        if return_timestamps is not None and return_timestamps is not False:
+            forward_params["return_timestamps"] = postprocess_params["return_timestamps"] = return_timestamps
+        return preprocess_params, forward_params, postprocess_params
 
     def _chunk_sizes(self, chunk_length_s, stride_length_s):
         """Chunk length and overlap in samples."""
@@ -272,13 +325,32 @@ class HubertGptASRPipeline(Pipeline):
         left, right = stride_length_s
         if chunk_length_s <= 0 or left < 0 or right < 0:
             raise ValueError(f"need chunk_length_s > 0 and strides >= 0, got {chunk_length_s}, {stride_length_s}")
-        chunk_len = int(round(chunk_length_s * rate))
-        overlap = int(round(left * rate)) + int(round(right * rate))
+        hop = self._hop()  # lengths in whole encoder frames: chunk frames fall on the whole audio's frames
+        chunk_len = int(round(chunk_length_s * rate / hop)) * hop
+        overlap = (int(round(left * rate / hop)) + int(round(right * rate / hop))) * hop
         if chunk_len <= overlap:
             raise ValueError(
                 f"chunk_length_s ({chunk_length_s}) must exceed the two strides together ({left} + {right})"
             )
         return chunk_len, overlap
+
+    def _hop(self):
+        return math.prod(self.model.audio_tower.strides) if hasattr(self.model, "audio_tower") else 1
+
+    def _auto_chunk_length_s(self, num_samples):
+        """chunk_length_s for audio longer than the model takes (duration_hubert_gpt.py), or None when it fits."""
+        from .duration_hubert_gpt import longest_input_samples
+
+        if not hasattr(self.model, "audio_tower"):
+            return None
+        longest = longest_input_samples(self.model)
+        if longest is None or num_samples <= longest:
+            return None
+        rate = self.feature_extractor.sampling_rate
+        chunk_length_s = math.floor(longest * 0.9 / rate)  # a margin below the limit: the last chunk may be longer
+        logger.warning(f"{num_samples / rate:.1f} s of audio is more than this model takes at once ({longest / rate:.1f} s): "
+                       f"transcribing it in chunks of {chunk_length_s} s (set chunk_length_s to choose)")
+        return chunk_length_s
 
     def _check_length(self, num_samples, what):
         shortest = getattr(self.model, "min_input_samples", 1)
@@ -290,15 +362,27 @@ class HubertGptASRPipeline(Pipeline):
             )
 
     def _chunks(self, inputs, chunk_length_s, stride_length_s):
-        """One input -> its audio chunks (float32 arrays; the whole audio without chunk_length_s)."""
+        """One input -> its chunks: (audio (float32 array), first sample, samples of the whole input) each; the whole
+        audio as one chunk when it needs no chunking."""
         audio = load_audio(inputs, self.feature_extractor.sampling_rate)
         is_path = isinstance(inputs, (str, os.PathLike))
         self._check_length(len(audio), f"audio file {os.fspath(inputs)!r}" if is_path else "the audio")
         if not chunk_length_s:
-            return [audio]
+            chunk_length_s = self._auto_chunk_length_s(len(audio))
+            stride_length_s = None
+        if not chunk_length_s:
+            return [_Chunk(audio, 0, len(audio))]
         chunk_len, overlap = self._chunk_sizes(chunk_length_s, stride_length_s)
         self._check_length(min(chunk_len, len(audio)), f"a chunk of chunk_length_s={chunk_length_s}")
-        return [audio[start:end] for start, end in chunk_spans(len(audio), chunk_len, overlap)]
+        if getattr(self.model, "ctc_head", None) is not None and len(audio) > chunk_len:
+            from .segments_hubert_gpt import cut_at_pauses
+
+            spans, whole = cut_at_pauses(self.model, audio, chunk_len, self._hop())
+            chunks = [_Chunk(audio[start:end], start, len(audio)) for start, end in spans]
+            chunks[0].whole_posteriors = whole
+            return chunks
+        spans = chunk_spans(len(audio), chunk_len, overlap, multiple=self._hop())
+        return [_Chunk(audio[start:end], start, len(audio), overlapping=True) for start, end in spans]
 
     def preprocess(self, inputs, chunk_length_s=None, stride_length_s=None):
         """`_Inputs` -> `{"batches": iterator of (input indices, audio chunks), "num_inputs": int}`.
@@ -323,11 +407,12 @@ class HubertGptASRPipeline(Pipeline):
 
         return {"batches": batches(), "num_inputs": len(items)}
 
-    def _forward(self, model_inputs, **generate_kwargs):
+    def _forward(self, model_inputs, return_timestamps=None, **generate_kwargs):
         if generate_kwargs.get("ctc_draft"):
             generate_kwargs.setdefault("tokenizer", self.tokenizer)  # the model decides whether its draft needs it
-        tokens = []  # (input index, (N,) new tokens) per chunk
-        for indices, audios in model_inputs["batches"]:
+        tokens, pieces = [], []  # per chunk: (input index, (N,) new tokens); its _Chunk
+        for indices, chunks in model_inputs["batches"]:
+            audios = [chunk.audio for chunk in chunks]
             features = self.feature_extractor(
                 audios,
                 sampling_rate=self.feature_extractor.sampling_rate,
@@ -337,11 +422,20 @@ class HubertGptASRPipeline(Pipeline):
             )
             input_values = features["input_values"].to(self.device, self.model.dtype)  # (B, S)
             attention_mask = features["attention_mask"].to(self.device, torch.long)  # (B, S)
-            out = self.model.generate(input_values=input_values, attention_mask=attention_mask, **generate_kwargs)
+            speech = {}
+            if return_timestamps:  # the CTC head read once, for the guards and for the timestamps
+                speech["speech_prompt"] = self.model.encode_speech(input_values, attention_mask, ctc_head=True)
+                log_probs = speech["speech_prompt"].ctc_logits.float().log_softmax(-1).cpu()  # (B, T, C)
+                for chunk, rows, n in zip(chunks, log_probs, speech["speech_prompt"].frame_lengths.tolist()):
+                    chunk.posteriors = rows[:n]
+            out = self.model.generate(input_values=input_values, attention_mask=attention_mask, **speech, **generate_kwargs)
             if not isinstance(out, torch.Tensor):  # return_dict_in_generate=True
                 out = out.sequences
             tokens += zip(indices, out)
-        return {"tokens": tokens, "num_inputs": model_inputs["num_inputs"]}
+            for chunk in chunks:
+                chunk.audio = None  # read; the rest is kept for postprocess
+            pieces += chunks
+        return {"tokens": tokens, "chunks": pieces, "num_inputs": model_inputs["num_inputs"]}
 
     def _end_and_special_ids(self):
         """(ids that end a transcript: eos and pad, ids dropped anywhere: all special ids)"""
@@ -355,15 +449,31 @@ class HubertGptASRPipeline(Pipeline):
                     ends.update(value)
         return ends, ends | set(self.tokenizer.all_special_ids)
 
-    def postprocess(self, model_outputs):
-        """-> one `{"text": str}` per input, in the order of the inputs."""
+    def postprocess(self, model_outputs, return_timestamps=None):
+        """-> one `{"text": str}` per input, in the order of the inputs; with return_timestamps also `"chunks"`:
+        [{"text", "timestamp": (start_s, end_s)}] of the whole input (alignment_hubert_gpt.py)."""
         ends, special = self._end_and_special_ids()
         chunks = [[] for _ in range(model_outputs["num_inputs"])]  # per input, its chunks' token lists in order
-        for index, row in model_outputs["tokens"]:
+        pieces = [[] for _ in range(model_outputs["num_inputs"])]  # per input, its _Chunks in order
+        for (index, row), piece in zip(model_outputs["tokens"], model_outputs["chunks"]):
             ids = row.tolist()
             ids = ids[: next((i for i, t in enumerate(ids) if t in ends), len(ids))]  # drop eos and the padding after
             chunks[index].append([t for t in ids if t not in special])
-        return [{"text": self.tokenizer.decode(merge_chunk_tokens(c), skip_special_tokens=True)} for c in chunks]
+            pieces[index].append(piece)
+        outputs = [{"text": self.tokenizer.decode(
+            merge_chunk_tokens(c) if p[0].overlapping else [t for tokens in c for t in tokens], skip_special_tokens=True)}
+            for c, p in zip(chunks, pieces)]
+        if return_timestamps:
+            from .alignment_hubert_gpt import align_texts
+
+            stitched = [p[0].whole_posteriors if p[0].whole_posteriors is not None else
+                        stitch_posteriors([(c.start, c.total, c.posteriors) for c in p], self._hop()) for p in pieces]
+            lengths = torch.tensor([len(p) for p in stitched])
+            log_probs = torch.nn.utils.rnn.pad_sequence(stitched, batch_first=True)  # (inputs, T, C)
+            for out, found in zip(outputs, align_texts(self.model, log_probs, lengths, [o["text"] for o in outputs],
+                                                       return_timestamps, self.tokenizer)):
+                out["chunks"] = found
+        return outputs
 
     def save_pretrained(self, save_directory, **kwargs):
         """`Pipeline.save_pretrained` (model, tokenizer, feature extractor), plus what makes the folder open with this
@@ -375,8 +485,8 @@ class HubertGptASRPipeline(Pipeline):
         register_pipeline_in_config(self.model.config)
         super().save_pretrained(save_directory, **kwargs)
         if os.path.isdir(save_directory):  # the base class logs an error and saves nothing for a file path
-            for module in (__name__, to_mono_float32.__module__):
-                shutil.copy(sys.modules[module].__file__, save_directory)
+            for path in {sys.modules[__name__].__file__, *get_relative_import_files(sys.modules[__name__].__file__)}:
+                shutil.copy(path, save_directory)  # this file and every file it imports, as the model's save does
 
 
 # --- saving with the model ----------------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
     "${PYTHON:-python3}" -m venv .venv
 fi
-# torch first and on its own: on a CPU machine the CPU wheel lies on local disk (pip's find-links); letting a
-# dependency resolve it instead can pull a multi-GB CUDA build.
-.venv/bin/pip install -c constraints.txt torch==2.13.0
+# torch and torchaudio first, as the matching pair constraints.txt pins: torchaudio's compiled extension loads only
+# beside the torch it was built for. PyPI's x86_64 torch 2.11.0 is a CUDA build (its nvidia-* libraries come along);
+# it runs on a CPU.
+.venv/bin/pip install -c constraints.txt torch torchaudio
 # deepspeed installs from its sdist: DS_BUILD_OPS=0 compiles no ops now (they are JIT-built on first use, if ever).
 DS_BUILD_OPS=0 .venv/bin/pip install -c constraints.txt -e ".[train,test]"

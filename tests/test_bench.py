@@ -1,5 +1,6 @@
 """The benchmarks run end to end on a tiny shape and report what they promise (their figures are not asserted)."""
 
+import io
 import json
 import os
 import subprocess
@@ -50,3 +51,38 @@ def test_inference_bench_rejects_a_repeat_below_one():
     run = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "inference.py"), "--repeat", "0"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "--repeat must be at least 1, got 0" in run.stderr
+
+
+def test_timestamps_bench_reports_accuracy_lost_text_no_speech_and_cost(tmp_path, tiny_tokenizer,
+                                                                         tiny_feature_extractor):
+    import datasets
+    import soundfile
+    import torch
+    from helpers import make_audio, training_sentences
+
+    from hubert_gpt_training.tiny import tiny_config
+    from modeling_hubert_gpt import HubertGptForConditionalGeneration, HubertGptProcessor
+
+    torch.manual_seed(0)
+    texts = training_sentences(8, 0)
+    chars = sorted(set("".join(texts)))
+    model = HubertGptForConditionalGeneration(
+        tiny_config("conv", tokenizer=tiny_tokenizer, ctc_head_config={"vocab": chars})).eval()
+    model.save_pretrained(tmp_path / "model")
+    HubertGptProcessor(feature_extractor=tiny_feature_extractor, tokenizer=tiny_tokenizer).save_pretrained(
+        tmp_path / "model")
+    wavs = []
+    for i in range(8):
+        buffer = io.BytesIO()
+        soundfile.write(buffer, make_audio(1.0 + 0.1 * i, seed=i), 16000, format="WAV")
+        wavs.append({"bytes": buffer.getvalue(), "path": None})
+    split = datasets.Dataset.from_dict({"audio": wavs, "transcription": texts}).cast_column(
+        "audio", datasets.Audio(16000, decode=False))
+    datasets.DatasetDict({"test": split}).save_to_disk(str(tmp_path / "data"))
+    result, stdout = run_bench("timestamps.py", ["--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "data"),
+                                                 "--per_file", "2", "--long_s", "6", "--batch_size", "4"], tmp_path)
+    assert result["utterances"] == 8 and result["joined_files"]["files"] == 4
+    assert result["timestamps_identical_text"] is True  # aligning reads the CTC head; it changes no transcript
+    assert result["no_speech_guards_on"]["clips"] == result["no_speech_guards_off"]["clips"] == 20
+    assert result["long_file"]["seconds"] >= 6 and result["timestamp_cost_ratio_b16"] > 0
+    assert '"files_30s_chunk8"' in stdout

@@ -302,7 +302,8 @@ def test_conv_bridge_ctc_head_adds_its_loss_and_leaves_the_prompt_alone():
     assert out.ctc_loss > 0
     torch.testing.assert_close(out.loss, out.llm_loss + 0.5 * out.ctc_loss)
     assert headed.encode_speech(values, mask, ctc_head=True).ctc_logits.shape == (3, 49, headed.ctc_head.num_labels)
-    torch.testing.assert_close(headed.generate(values, mask), plain.generate(values, mask), rtol=0, atol=0)
+    unguarded = headed.generate(values, mask, no_speech_threshold=None, loop_guard=False)  # guards: test_guards.py
+    torch.testing.assert_close(unguarded, plain.generate(values, mask), rtol=0, atol=0)
     # the ctc bridge picks frames with the head: it always has one
     assert tiny_config("ctc").ctc_head_config == {"vocab": None, "kernel_size": 1, "blank_id": 100}
 
@@ -348,7 +349,9 @@ def test_draft_head_runs_only_when_something_needs_its_logits():
         fn()
         return len(calls)
 
-    assert count(lambda: model.generate(values, mask, max_new_tokens=3)) == 0  # plain decoding drafts nothing
+    guards_off = {"no_speech_threshold": None, "loop_guard": False}
+    assert count(lambda: model.generate(values, mask, max_new_tokens=3, **guards_off)) == 0  # plain decoding: nothing
+    assert count(lambda: model.generate(values, mask, max_new_tokens=3)) == 1  # the guards read it (on by default)
     assert count(lambda: model.generate(values, mask, max_new_tokens=3, ctc_draft=True)) == 1  # it drafts
     assert count(lambda: model(values, mask)) == 0  # no labels, no loss
     assert count(lambda: model(values, mask, labels=labels, ctc_loss_weight=0.01)) == 1  # the aux CTC loss

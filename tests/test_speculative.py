@@ -10,13 +10,23 @@ import pytest
 import torch
 from helpers import CollectStreamer, make_audio
 from transformers.generation.streamers import BaseStreamer
-from test_model import LENGTHS, build, padded_batch, strip
+from test_model import LENGTHS, padded_batch, strip
+from test_model import build as build_model
 
 from hubert_gpt_training.tiny import tiny_config
 from modeling_hubert_gpt import HubertGptASRPipeline, HubertGptForConditionalGeneration
 from modeling_hubert_gpt.ctc_head_hubert_gpt import HubertGptCtcHead
 from modeling_hubert_gpt.generation_hubert_gpt import Bounds
 from modeling_hubert_gpt.speculative_hubert_gpt import DraftAligner, ngram_proposal, speculative_greedy_decode
+
+
+def build(**kwargs):
+    """A random model with the CTC head's guards off: these tests check the decoder itself on random LLMs, which loop
+    (the loop guard would cut them); test_guards.py checks the guards, with ctc_draft=True too."""
+    model = build_model(**kwargs)
+    model.generation_config.no_speech_threshold = None
+    model.generation_config.loop_guard = False
+    return model
 
 
 def greedy_rows(model, tokens):

@@ -1,0 +1,168 @@
+"""Timestamps from the CTC head: exact spans on constructed posteriors, batched == single, global across chunks,
+clear errors for models without a CTC head."""
+
+import sys
+
+import pytest
+import torch
+from helpers import make_audio
+from test_model import padded_batch
+
+from hubert_gpt_training.tiny import tiny_config
+from modeling_hubert_gpt import HubertGptASRPipeline, HubertGptForConditionalGeneration
+from modeling_hubert_gpt.alignment_hubert_gpt import align_texts, char_frames
+from modeling_hubert_gpt.pipeline_hubert_gpt import chunk_spans, stitch_posteriors
+
+VOCAB = ["あ", "い", "う", "え"]
+BLANK = len(VOCAB)
+
+
+def char_model(tokenizer=None, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    chars = VOCAB if tokenizer is None else sorted({c for t in tokenizer.get_vocab() for c in t if c not in "▁<>"})
+    return HubertGptForConditionalGeneration(
+        tiny_config("conv", tokenizer=tokenizer, ctc_head_config={"vocab": chars}, **kwargs)).eval()
+
+
+def posteriors(frames):
+    """Near one-hot log-posteriors (T, C) for the label of each frame."""
+    return torch.nn.functional.one_hot(torch.tensor(frames), BLANK + 1).float().mul(20).log_softmax(-1)
+
+
+def constructed():
+    """あ on frames 2-3, い on 5, う on 8, え on 40-41 (a pause before it); 50 frames of 20 ms."""
+    frames = [BLANK] * 50
+    frames[2:4], frames[5], frames[8], frames[40:42] = [0, 0], 1, 2, [3, 3]
+    return posteriors(frames)[None], torch.tensor([50])
+
+
+def test_char_timestamps_of_constructed_posteriors_with_unspellable_characters_attached():
+    model = char_model()
+    log_probs, lengths = constructed()
+    [chunks] = align_texts(model, log_probs, lengths, ["「あい、う。え!"], "char")
+    assert chunks == [
+        {"text": "「あ", "timestamp": (0.04, 0.08)},  # leading 「 (not in the head's vocabulary) -> the next character
+        {"text": "い、", "timestamp": (0.1, 0.12)},  # 、 -> the previous one
+        {"text": "う。", "timestamp": (0.16, 0.18)},
+        {"text": "え!", "timestamp": (0.8, 0.84)},
+    ]
+    assert "".join(c["text"] for c in chunks) == "「あい、う。え!"  # nothing dropped
+
+
+def test_word_and_segment_timestamps():
+    model = char_model()
+    log_probs, lengths = constructed()
+    [words] = align_texts(model, log_probs, lengths, ["あい う え"], "word")
+    assert words == [{"text": "あい", "timestamp": (0.04, 0.12)}, {"text": "う", "timestamp": (0.16, 0.18)},
+                     {"text": "え", "timestamp": (0.8, 0.84)}]
+    [segments] = align_texts(model, log_probs, lengths, ["あいう、え。"], True)  # 0.44 s pause before え: 2 segments
+    assert segments == [{"text": "あいう、", "timestamp": (0.04, 0.18)}, {"text": "え。", "timestamp": (0.8, 0.84)}]
+
+
+def test_japanese_words_come_from_sudachi_or_a_clear_error(monkeypatch):
+    from sudachipy import dictionary
+
+    text = "今日は晴れです"
+    torch.manual_seed(0)
+    model = HubertGptForConditionalGeneration(tiny_config("conv", ctc_head_config={"vocab": list(text)})).eval()
+    log_probs = torch.randn(1, 30, len(text) + 1).log_softmax(-1)
+    [words] = align_texts(model, log_probs, torch.tensor([30]), [text], "word")
+    assert [w["text"] for w in words] == [m.surface() for m in dictionary.Dictionary().tokenizer().tokenize(text)]
+    assert len(words) == 4
+    assert all(a["timestamp"][1] <= b["timestamp"][0] for a, b in zip(words, words[1:]))
+    monkeypatch.setitem(sys.modules, "sudachipy", None)
+    with pytest.raises(ImportError, match='SudachiPy.*or use return_timestamps="char"'):
+        align_texts(model, log_probs, torch.tensor([30]), [text], "word")
+
+
+def test_more_characters_than_frames_hold_are_attached_to_the_last_placed_one():
+    model = char_model()
+    frames = char_frames(model.ctc_head, posteriors([0, BLANK, 1, 2])[:4], "あいうえあ")
+    assert frames == [(0, 1), (1, 2), (2, 3), (3, 4), None]  # 4 frames hold 4 labels: the 5th is not placed
+    [chunks] = align_texts(model, posteriors([0, BLANK, 1, 2])[None], torch.tensor([4]), ["あいうえあ"], "char")
+    assert chunks[-1] == {"text": "えあ", "timestamp": (0.06, 0.08)}
+
+
+def test_model_align_batched_equals_single():
+    model = char_model()
+    values, mask = padded_batch()
+    texts = ["あいう", "えあ、い", "う"]
+    batched = model.align(values, mask, texts)
+    for b, text in enumerate(texts):
+        n = int(mask[b].sum())
+        assert model.align(values[b : b + 1, :n], None, [text]) == [batched[b]]
+    assert ["".join(c["text"] for c in chunks) for chunks in batched] == texts
+    starts = [c["timestamp"][0] for c in batched[0]]
+    assert starts == sorted(starts) and batched[0][-1]["timestamp"][1] <= mask[0].sum() / 16000
+
+
+def test_pipeline_timestamps_batched_equals_single_and_spell_the_text(tiny_tokenizer, tiny_feature_extractor):
+    model = char_model(tiny_tokenizer)
+    asr = HubertGptASRPipeline(model=model, tokenizer=tiny_tokenizer, feature_extractor=tiny_feature_extractor)
+    audios = [make_audio(s, seed=i) for i, s in enumerate([1.0, 0.5, 0.7])]
+    for level in ("char", "word", True):
+        batched = asr(audios, batch_size=3, return_timestamps=level)
+        assert batched == [asr(a, return_timestamps=level) for a in audios]
+        assert [o["text"] for o in batched] == [o["text"] for o in asr(audios, batch_size=3)]
+    chars = asr(audios, batch_size=3, return_timestamps="char")
+    assert all("".join(c["text"] for c in o["chunks"]) == o["text"] for o in chars)
+    assert any(o["chunks"] for o in chars)  # the random LLM writes something to align
+    draft = asr(audios, batch_size=3, return_timestamps="char", generate_kwargs={"ctc_draft": True})
+    assert draft == chars  # speculative decoding: the same text, so the same timestamps
+
+
+def local_model(tokenizer):
+    """A char-head model whose encoder has no attention (out projections zeroed): each frame's posteriors depend on
+    nearby audio only, so chunks away from their edges see what the whole audio sees."""
+    model = char_model(tokenizer)
+    with torch.no_grad():
+        for layer in model.audio_tower.model.encoder.layers:
+            layer.attention.out_proj.weight.zero_()
+            layer.attention.out_proj.bias.zero_()
+    return model
+
+
+def test_stitched_chunk_posteriors_equal_the_whole_audio_away_from_chunk_edges(tiny_tokenizer):
+    model = local_model(tiny_tokenizer)
+    audio = torch.from_numpy(make_audio(6.0, seed=3))
+    whole = model.ctc_posteriors(audio[None]).log_probs[0]  # (T, C)
+    spans = chunk_spans(len(audio), 32000, 16000, multiple=320)
+    parts = [(start, len(audio), model.ctc_posteriors(audio[None, start:end]).log_probs[0]) for start, end in spans]
+    stitched = stitch_posteriors(parts, 320)
+    assert stitched.shape == whole.shape
+    torch.testing.assert_close(stitched, whole, atol=1e-4, rtol=1e-4)
+
+
+def test_chunked_pipeline_timestamps_are_global_monotonic_and_match_the_unchunked_run(tiny_tokenizer,
+                                                                                        tiny_feature_extractor):
+    model = local_model(tiny_tokenizer)
+    asr = HubertGptASRPipeline(model=model, tokenizer=tiny_tokenizer, feature_extractor=tiny_feature_extractor)
+    audio = make_audio(6.0, seed=3)
+    chunked = asr(audio, chunk_length_s=2.0, stride_length_s=0.5, return_timestamps="char")
+    starts = [c["timestamp"][0] for c in chunked["chunks"] if c["timestamp"][0] is not None]
+    ends = [c["timestamp"][1] for c in chunked["chunks"] if c["timestamp"][1] is not None]
+    assert starts == sorted(starts) and ends == sorted(ends) and ends[-1] <= 6.0
+    assert starts[-1] > 2.0  # times of later chunks carry their offset
+    whole = model.ctc_posteriors(torch.from_numpy(audio)[None])
+    [unchunked] = align_texts(model, whole.log_probs, whole.frame_lengths, [chunked["text"]], "char", tiny_tokenizer)
+    assert [c["text"] for c in unchunked] == [c["text"] for c in chunked["chunks"]]
+    for a, b in zip(unchunked, chunked["chunks"]):
+        assert abs(a["timestamp"][0] - b["timestamp"][0]) <= 0.02 and abs(a["timestamp"][1] - b["timestamp"][1]) <= 0.02
+
+
+def test_models_without_a_ctc_head_get_clear_errors(tiny_tokenizer, tiny_feature_extractor):
+    torch.manual_seed(0)
+    model = HubertGptForConditionalGeneration(tiny_config("conv", tokenizer=tiny_tokenizer)).eval()
+    values, mask = padded_batch()
+    with pytest.raises(ValueError, match="come from the CTC head, and this model has none.*bridge_type='ctc'"):
+        model.align(values, mask, ["a", "b", "c"])
+    asr = HubertGptASRPipeline(model=model, tokenizer=tiny_tokenizer, feature_extractor=tiny_feature_extractor)
+    with pytest.raises(ValueError, match="come from the CTC head, and this model has none"):
+        asr(make_audio(1.0, seed=0), return_timestamps="char")
+    with pytest.raises(ValueError, match="read the CTC head, and this model has none"):
+        model.generate(values, mask, no_speech_threshold=1.0)
+    with pytest.raises(ValueError, match="read the CTC head"):
+        model.generate(values, mask, loop_guard=True)
+    assert model.generate(values, mask, no_speech_threshold=None, loop_guard=False).shape[0] == 3  # "off" is fine
+    with pytest.raises(ValueError, match='"char", "word" or True'):
+        char_model(tiny_tokenizer).align(values, mask, ["a", "b", "c"], level="segment")
