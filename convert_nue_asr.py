@@ -20,7 +20,9 @@ What the result reproduces:
   GPT-NeoX's per-layer buffers `attention.bias`/`attention.masked_bias` (causal-mask constants, dropped as
   transformers itself drops them) and `attention.rotary_emb.inv_freq` (checked against the model's rotary table).
 - audio: 16 kHz mono float, no normalisation (Wav2Vec2FeatureExtractor(do_normalize=False)).
-- prompt: `<s>` + speech + `[SEP]`, ids taken from the tokenizer.
+- tokenizer: spiece.model with the special tokens the folder's own tokenizer_config.json / special_tokens_map.json
+  name (`<unk>` or `[UNK]`, as written), each checked against spiece.model's ids; a contradiction is an error.
+- prompt: `<s>` + speech + `[SEP]` (the tokenizer's bos and sep tokens), ids taken from the tokenizer.
 - decoding: greedy, `min_new_tokens=2`, at most `int(4 * seconds + 20 + 0.5)` new tokens per utterance; nue-asr's
   pad/bos/eos ids (the tokenizer's). Unlike nue-asr, batches work (`generate` with an attention mask).
 
@@ -254,8 +256,13 @@ def load_nue_weights(model, checkpoint):
 
 
 # --- tokenizer and processor ----------------------------------------------------------------------------------------
-def _special_tokens_of(src):
-    """Special-token strings named by the folder's tokenizer_config.json and special_tokens_map.json."""
+# The sentencepiece model's own ids for these special tokens (-1 where the model defines none).
+_SENTENCEPIECE_IDS = {"pad_token": "pad_id", "unk_token": "unk_id", "bos_token": "bos_id", "eos_token": "eos_id"}
+
+
+def _special_tokens_named(src):
+    """Special-token strings named by the folder's special_tokens_map.json and tokenizer_config.json:
+    {key: (token, file)}, the first file that names a key winning."""
     found = {}
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         path = os.path.join(src, name)
@@ -265,31 +272,64 @@ def _special_tokens_of(src):
             config = json.load(f)
         for key in SPECIAL_TOKENS:
             value = config.get(key)
-            if isinstance(value, dict):
+            if isinstance(value, dict):  # an AddedToken as transformers serialises it
                 value = value.get("content")
             if isinstance(value, str):
                 found.setdefault(key, (value, name))
     return found
 
 
+def special_tokens_of(src, raw):
+    """The checkpoint's special tokens as it spells them, checked against its sentencepiece model `raw`.
+
+    Each comes from the folder's own files; a key they leave out takes the sentencepiece model's own piece (pad, unk,
+    bos, eos) or, for sep / cls / mask, rinna's spelling where the model has that piece. Refused, naming file, key
+    and ids: a named token that is no piece of spiece.model, or a pad/unk/bos/eos token whose id is not the one
+    spiece.model gives that role.
+    """
+    named, tokens = _special_tokens_named(src), {}
+    for key, rinna_piece in SPECIAL_TOKENS.items():
+        own = getattr(raw, _SENTENCEPIECE_IDS[key])() if key in _SENTENCEPIECE_IDS else -1
+        if key not in named:
+            if own >= 0:
+                tokens[key] = raw.id_to_piece(own)
+            elif raw.piece_to_id(rinna_piece) != raw.unk_id():
+                tokens[key] = rinna_piece
+            continue
+        piece, where = named[key]
+        piece_id = raw.piece_to_id(piece)  # the unk id for a string that is no piece
+        if piece_id == raw.unk_id() and piece != raw.id_to_piece(piece_id):
+            role = f" (its {key} is {raw.id_to_piece(own)!r}, id {own})" if own >= 0 else ""
+            raise ValueError(f"{where} sets {key} = {piece!r}, but spiece.model has no piece {piece!r}{role}")
+        if own >= 0 and piece_id != own:
+            raise ValueError(
+                f"{where} sets {key} = {piece!r}, id {piece_id} in spiece.model, but spiece.model's {key} is id "
+                f"{own} ({raw.id_to_piece(own)!r})"
+            )
+        tokens[key] = piece
+    for key in ("bos_token", "sep_token"):  # nue-asr's prompt: <s> + speech + [SEP]
+        if key not in tokens:
+            raise ValueError(
+                f"{src} names no {key} and spiece.model has no {SPECIAL_TOKENS[key]!r} piece; nue-asr's prompt "
+                "needs one"
+            )
+    return tokens
+
+
 def build_processor(src, work_dir):
-    """The nue-asr tokenizer (spiece.model) as a transformers-5 tokenizer + nue-asr's audio handling."""
+    """The checkpoint's tokenizer (spiece.model, its own special tokens) as a transformers-5 tokenizer + nue-asr's
+    audio handling."""
     import sentencepiece as spm
 
     model_file = os.path.join(src, "spiece.model")
     if not os.path.isfile(model_file):
         raise FileNotFoundError(f"{src} has no spiece.model (nue-asr's sentencepiece tokenizer)")
-    for key, (value, where) in _special_tokens_of(src).items():
-        if value != SPECIAL_TOKENS[key]:
-            raise ValueError(
-                f"{where} sets {key} = {value!r}, but the conversion keeps rinna's layout ({key} = "
-                f"{SPECIAL_TOKENS[key]!r})"
-            )
-    tokenizer = sentencepiece_to_hf_tokenizer(model_file, work_dir)
     raw = spm.SentencePieceProcessor(model_file=model_file)
-    for key, piece in SPECIAL_TOKENS.items():
+    special = special_tokens_of(src, raw)
+    tokenizer = sentencepiece_to_hf_tokenizer(model_file, work_dir, special)
+    for key, piece in special.items():
         ours, theirs = tokenizer.convert_tokens_to_ids(piece), raw.piece_to_id(piece)
-        if ours != theirs or (theirs == raw.unk_id() and piece != raw.id_to_piece(raw.unk_id())):
+        if ours != theirs:
             raise ValueError(f"{key} {piece!r}: id {ours} in the converted tokenizer, {theirs} in spiece.model")
     feature_extractor = Wav2Vec2FeatureExtractor(
         feature_size=1, sampling_rate=SAMPLING_RATE, padding_value=0.0, do_normalize=False, return_attention_mask=True
@@ -321,7 +361,7 @@ def load_nue_asr(src, dtype="auto"):
         raise ValueError(
             f"the tokenizer has {len(tokenizer)} tokens but llm_config.vocab_size is {text_config.vocab_size}"
         )
-    bos, sep = _prompt_id(tokenizer, SPECIAL_TOKENS["bos_token"]), _prompt_id(tokenizer, SPECIAL_TOKENS["sep_token"])
+    bos, sep = _prompt_id(tokenizer, tokenizer.bos_token), _prompt_id(tokenizer, tokenizer.sep_token)
     config = HubertGptConfig(
         audio_config=audio_config,
         text_config=text_config,

@@ -39,8 +39,10 @@ def train_sentencepiece(sentences, model_file, vocab_size=160, model_type="unigr
         f.write(buffer.getvalue())
 
 
-def sentencepiece_to_hf_tokenizer(model_file, out_dir):
+def sentencepiece_to_hf_tokenizer(model_file, out_dir, special_tokens=None):
     """Convert a sentencepiece model into a tokenizer folder that `AutoTokenizer.from_pretrained` loads faithfully.
+
+    special_tokens: {"unk_token": "<unk>", ...} naming the model's special pieces (default: rinna's, SPECIAL_TOKENS).
 
     Why not a `T5Tokenizer` folder (spiece.model + tokenizer_class "T5Tokenizer", as rinna ships)? In transformers 5
     `T5Tokenizer` is rebuilt from the .model file with T5's assumptions: its Unigram model has `unk_id=2` hard-coded
@@ -52,7 +54,9 @@ def sentencepiece_to_hf_tokenizer(model_file, out_dir):
     from transformers import TokenizersBackend
 
     os.makedirs(out_dir, exist_ok=True)
-    tokenizer = TokenizersBackend(**TokenizersBackend.convert_to_native_format(vocab_file=str(model_file), **SPECIAL_TOKENS))
+    special_tokens = SPECIAL_TOKENS if special_tokens is None else special_tokens
+    tokenizer = TokenizersBackend(**TokenizersBackend.convert_to_native_format(vocab_file=str(model_file),
+                                                                               **special_tokens))
     tokenizer.save_pretrained(out_dir)
     target = os.path.join(out_dir, "spiece.model")
     if os.path.abspath(model_file) != os.path.abspath(target):
