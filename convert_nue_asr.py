@@ -41,7 +41,7 @@ import tempfile
 import torch
 from transformers import AutoModelForSpeechSeq2Seq, GPTNeoXConfig, HubertConfig, Wav2Vec2FeatureExtractor
 
-from hubert_gpt_training.tokenizer import SPECIAL_TOKENS, sentencepiece_to_hf_tokenizer
+from hubert_gpt_training.tokenizer import sentencepiece_to_hf_tokenizer, special_tokens_of
 from modeling_hubert_gpt import HubertGptConfig, HubertGptProcessor
 
 NUE_MODEL_TYPE = "nue_asr"
@@ -256,66 +256,6 @@ def load_nue_weights(model, checkpoint):
 
 
 # --- tokenizer and processor ----------------------------------------------------------------------------------------
-# The sentencepiece model's own ids for these special tokens (-1 where the model defines none).
-_SENTENCEPIECE_IDS = {"pad_token": "pad_id", "unk_token": "unk_id", "bos_token": "bos_id", "eos_token": "eos_id"}
-
-
-def _special_tokens_named(src):
-    """Special-token strings named by the folder's special_tokens_map.json and tokenizer_config.json:
-    {key: (token, file)}, the first file that names a key winning."""
-    found = {}
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):
-        path = os.path.join(src, name)
-        if not os.path.isfile(path):
-            continue
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-        for key in SPECIAL_TOKENS:
-            value = config.get(key)
-            if isinstance(value, dict):  # an AddedToken as transformers serialises it
-                value = value.get("content")
-            if isinstance(value, str):
-                found.setdefault(key, (value, name))
-    return found
-
-
-def special_tokens_of(src, raw):
-    """The checkpoint's special tokens as it spells them, checked against its sentencepiece model `raw`.
-
-    Each comes from the folder's own files; a key they leave out takes the sentencepiece model's own piece (pad, unk,
-    bos, eos) or, for sep / cls / mask, rinna's spelling where the model has that piece. Refused, naming file, key
-    and ids: a named token that is no piece of spiece.model, or a pad/unk/bos/eos token whose id is not the one
-    spiece.model gives that role.
-    """
-    named, tokens = _special_tokens_named(src), {}
-    for key, rinna_piece in SPECIAL_TOKENS.items():
-        own = getattr(raw, _SENTENCEPIECE_IDS[key])() if key in _SENTENCEPIECE_IDS else -1
-        if key not in named:
-            if own >= 0:
-                tokens[key] = raw.id_to_piece(own)
-            elif raw.piece_to_id(rinna_piece) != raw.unk_id():
-                tokens[key] = rinna_piece
-            continue
-        piece, where = named[key]
-        piece_id = raw.piece_to_id(piece)  # the unk id for a string that is no piece
-        if piece_id == raw.unk_id() and piece != raw.id_to_piece(piece_id):
-            role = f" (its {key} is {raw.id_to_piece(own)!r}, id {own})" if own >= 0 else ""
-            raise ValueError(f"{where} sets {key} = {piece!r}, but spiece.model has no piece {piece!r}{role}")
-        if own >= 0 and piece_id != own:
-            raise ValueError(
-                f"{where} sets {key} = {piece!r}, id {piece_id} in spiece.model, but spiece.model's {key} is id "
-                f"{own} ({raw.id_to_piece(own)!r})"
-            )
-        tokens[key] = piece
-    for key in ("bos_token", "sep_token"):  # nue-asr's prompt: <s> + speech + [SEP]
-        if key not in tokens:
-            raise ValueError(
-                f"{src} names no {key} and spiece.model has no {SPECIAL_TOKENS[key]!r} piece; nue-asr's prompt "
-                "needs one"
-            )
-    return tokens
-
-
 def build_processor(src, work_dir):
     """The checkpoint's tokenizer (spiece.model, its own special tokens) as a transformers-5 tokenizer + nue-asr's
     audio handling."""

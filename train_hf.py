@@ -191,10 +191,12 @@ def build_model(margs, train_texts, work_dir):
     if margs.audio_model or margs.text_model:
         if not (margs.audio_model and margs.text_model):
             raise ValueError("--audio_model and --text_model go together (or use --model_name_or_path)")
-        from transformers import AutoFeatureExtractor, AutoTokenizer
+        from transformers import AutoFeatureExtractor
+
+        from hubert_gpt_training.tokenizer import load_tokenizer
 
         processor = HubertGptProcessor(AutoFeatureExtractor.from_pretrained(margs.audio_model),
-                                       AutoTokenizer.from_pretrained(margs.text_model))
+                                       load_tokenizer(margs.text_model, os.path.join(work_dir, "tokenizer")))
         model = HubertGptForConditionalGeneration.from_pretrained_components(
             margs.audio_model, margs.text_model, bridge_type=margs.bridge, **extra,
             prompt_sep_token_id=processor.tokenizer.sep_token_id)
