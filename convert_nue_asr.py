@@ -20,7 +20,9 @@ What the result reproduces:
   GPT-NeoX's per-layer buffers `attention.bias`/`attention.masked_bias` (causal-mask constants, dropped as
   transformers itself drops them) and `attention.rotary_emb.inv_freq` (checked against the model's rotary table).
 - audio: 16 kHz mono float, no normalisation (Wav2Vec2FeatureExtractor(do_normalize=False)).
-- prompt: `<s>` + speech + `[SEP]`, ids taken from the tokenizer.
+- tokenizer: spiece.model with the special tokens the folder's own tokenizer_config.json / special_tokens_map.json
+  name (`<unk>` or `[UNK]`, as written), each checked against spiece.model's ids; a contradiction is an error.
+- prompt: `<s>` + speech + `[SEP]` (the tokenizer's bos and sep tokens), ids taken from the tokenizer.
 - decoding: greedy, `min_new_tokens=2`, at most `int(4 * seconds + 20 + 0.5)` new tokens per utterance; nue-asr's
   pad/bos/eos ids (the tokenizer's). Unlike nue-asr, batches work (`generate` with an attention mask).
 
@@ -39,7 +41,7 @@ import tempfile
 import torch
 from transformers import AutoModelForSpeechSeq2Seq, GPTNeoXConfig, HubertConfig, Wav2Vec2FeatureExtractor
 
-from hubert_gpt_training.tokenizer import SPECIAL_TOKENS, sentencepiece_to_hf_tokenizer
+from hubert_gpt_training.tokenizer import sentencepiece_to_hf_tokenizer, special_tokens_of
 from modeling_hubert_gpt import HubertGptConfig, HubertGptProcessor
 
 NUE_MODEL_TYPE = "nue_asr"
@@ -254,42 +256,20 @@ def load_nue_weights(model, checkpoint):
 
 
 # --- tokenizer and processor ----------------------------------------------------------------------------------------
-def _special_tokens_of(src):
-    """Special-token strings named by the folder's tokenizer_config.json and special_tokens_map.json."""
-    found = {}
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):
-        path = os.path.join(src, name)
-        if not os.path.isfile(path):
-            continue
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-        for key in SPECIAL_TOKENS:
-            value = config.get(key)
-            if isinstance(value, dict):
-                value = value.get("content")
-            if isinstance(value, str):
-                found.setdefault(key, (value, name))
-    return found
-
-
 def build_processor(src, work_dir):
-    """The nue-asr tokenizer (spiece.model) as a transformers-5 tokenizer + nue-asr's audio handling."""
+    """The checkpoint's tokenizer (spiece.model, its own special tokens) as a transformers-5 tokenizer + nue-asr's
+    audio handling."""
     import sentencepiece as spm
 
     model_file = os.path.join(src, "spiece.model")
     if not os.path.isfile(model_file):
         raise FileNotFoundError(f"{src} has no spiece.model (nue-asr's sentencepiece tokenizer)")
-    for key, (value, where) in _special_tokens_of(src).items():
-        if value != SPECIAL_TOKENS[key]:
-            raise ValueError(
-                f"{where} sets {key} = {value!r}, but the conversion keeps rinna's layout ({key} = "
-                f"{SPECIAL_TOKENS[key]!r})"
-            )
-    tokenizer = sentencepiece_to_hf_tokenizer(model_file, work_dir)
     raw = spm.SentencePieceProcessor(model_file=model_file)
-    for key, piece in SPECIAL_TOKENS.items():
+    special = special_tokens_of(src, raw)
+    tokenizer = sentencepiece_to_hf_tokenizer(model_file, work_dir, special)
+    for key, piece in special.items():
         ours, theirs = tokenizer.convert_tokens_to_ids(piece), raw.piece_to_id(piece)
-        if ours != theirs or (theirs == raw.unk_id() and piece != raw.id_to_piece(raw.unk_id())):
+        if ours != theirs:
             raise ValueError(f"{key} {piece!r}: id {ours} in the converted tokenizer, {theirs} in spiece.model")
     feature_extractor = Wav2Vec2FeatureExtractor(
         feature_size=1, sampling_rate=SAMPLING_RATE, padding_value=0.0, do_normalize=False, return_attention_mask=True
@@ -321,7 +301,7 @@ def load_nue_asr(src, dtype="auto"):
         raise ValueError(
             f"the tokenizer has {len(tokenizer)} tokens but llm_config.vocab_size is {text_config.vocab_size}"
         )
-    bos, sep = _prompt_id(tokenizer, SPECIAL_TOKENS["bos_token"]), _prompt_id(tokenizer, SPECIAL_TOKENS["sep_token"])
+    bos, sep = _prompt_id(tokenizer, tokenizer.bos_token), _prompt_id(tokenizer, tokenizer.sep_token)
     config = HubertGptConfig(
         audio_config=audio_config,
         text_config=text_config,

@@ -89,6 +89,9 @@ class DataArguments:
     streaming: bool = field(default=False, metadata={"help": "stream the training split (needs --max_steps)"})
     max_seconds: float = field(default=16.0, metadata={"help": "drop longer utterances (paper: 16 s)"})
     max_eval_samples: int | None = None
+    reazonspeech_base_url: str | None = field(default=None, metadata={
+        "help": "reazon-research/reazonspeech: where its files are (a mirror URL, a folder or file://; default "
+                "https://corpus.reazon-research.org/); splits train, train_holdout and test (the last shard)"})
 
 
 @dataclass
@@ -188,10 +191,12 @@ def build_model(margs, train_texts, work_dir):
     if margs.audio_model or margs.text_model:
         if not (margs.audio_model and margs.text_model):
             raise ValueError("--audio_model and --text_model go together (or use --model_name_or_path)")
-        from transformers import AutoFeatureExtractor, AutoTokenizer
+        from transformers import AutoFeatureExtractor
+
+        from hubert_gpt_training.tokenizer import load_tokenizer
 
         processor = HubertGptProcessor(AutoFeatureExtractor.from_pretrained(margs.audio_model),
-                                       AutoTokenizer.from_pretrained(margs.text_model))
+                                       load_tokenizer(margs.text_model, os.path.join(work_dir, "tokenizer")))
         model = HubertGptForConditionalGeneration.from_pretrained_components(
             margs.audio_model, margs.text_model, bridge_type=margs.bridge, **extra,
             prompt_sep_token_id=processor.tokenizer.sep_token_id)
@@ -245,7 +250,7 @@ def load_data(dargs, rargs, sampling_rate, seed):
 
     def source(split, streaming):
         return load_source(dargs.dataset_name, dargs.dataset_config, split, dargs.data_dir, dargs.dataset_dir,
-                           dargs.manifest, streaming)
+                           dargs.manifest, streaming, dargs.reazonspeech_base_url)
 
     if rargs.preset == "recipe" and not dargs.dataset_dir:
         from hubert_gpt_training.corpus import build
@@ -410,7 +415,12 @@ def run(argv):
     work_dir = os.path.join(targs.output_dir, "work")
     with targs.main_process_first(desc="data"):  # one rank builds the corpus and the dataset caches, then the rest
         train, evaluation = load_data(dargs, rargs, 16000, targs.seed)
-    texts = train["text"] if hasattr(train, "__len__") else [row["text"] for row in train.take(10000)]
+    if dargs.streaming:  # each rank reads its own shards of a stream (accelerate splits them), not rank 0 all
+        targs.accelerator_config.dispatch_batches = False
+    # Training text, for a new tokenizer or a character CTC head only: a stream is not read ahead without need.
+    texts = []
+    if not (margs.model_name_or_path or margs.audio_model) or margs.ctc_head_chars:
+        texts = train["text"] if hasattr(train, "__len__") else [row["text"] for row in train.take(10000)]
     with targs.main_process_first(desc="build model"), whole_model_init(targs):
         model, processor = build_model(margs, texts, work_dir)
     rate = processor.feature_extractor.sampling_rate

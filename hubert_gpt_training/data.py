@@ -1,7 +1,7 @@
 """Speech datasets for training: any `datasets` source -> rows of (audio float32 @ rate, text), and the collator.
 
-Sources: a Hub/builder name (`reazon-research/reazonspeech`, `audiofolder`, ...; `streaming=True` for large
-corpora), a `save_to_disk` folder, or a JSONL/CSV manifest of (path, text). Audio is decoded with soundfile
+Sources: a Hub/builder name (`audiofolder`, ...; `streaming=True` for large corpora; `reazon-research/reazonspeech`
+is read from its corpus files by hubert_gpt_training.reazonspeech), a `save_to_disk` folder, or a JSONL/CSV manifest of (path, text). Audio is decoded with soundfile
 (`datasets`' own decoder needs torchcodec + FFmpeg) and resampled to the encoder's rate.
 """
 
@@ -20,8 +20,12 @@ from modeling_hubert_gpt.pipeline_hubert_gpt import load_audio
 logger = logging.getLogger(__name__)
 
 
-def load_source(name=None, config=None, split="train", data_dir=None, disk_path=None, manifest=None, streaming=False):
-    """One split of one source, as a `datasets.Dataset` (or `IterableDataset` when streaming)."""
+def load_source(name=None, config=None, split="train", data_dir=None, disk_path=None, manifest=None, streaming=False,
+                reazonspeech_base_url=None):
+    """One split of one source, as a `datasets.Dataset` (or `IterableDataset` when streaming).
+
+    `reazon-research/reazonspeech` is read from its corpus files (hubert_gpt_training.reazonspeech; its Hub repo is a
+    loading script, which datasets >= 4 refuses), from `reazonspeech_base_url` when given."""
     given = [x for x in (name, disk_path, manifest) if x]
     if len(given) != 1:
         raise ValueError(f"give exactly one data source: --dataset_name, --dataset_dir or --manifest (got {given})")
@@ -41,6 +45,10 @@ def load_source(name=None, config=None, split="train", data_dir=None, disk_path=
         features = loaded.features  # kept through map, so a streaming manifest still knows its columns
         features = None if features is None else datasets.Features({**features, "__root__": datasets.Value("string")})
         return loaded.map(lambda row: {"__root__": root}, features=features)
+    from hubert_gpt_training.reazonspeech import is_reazonspeech, load_reazonspeech
+
+    if is_reazonspeech(name):
+        return load_reazonspeech(config, split, streaming, base_url=reazonspeech_base_url)
     return load_builder(name, config, split, data_dir, streaming)
 
 

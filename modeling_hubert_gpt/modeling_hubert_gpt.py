@@ -114,10 +114,15 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
             audio_model = AutoModel.from_pretrained(audio_model, dtype=dtype)
         if isinstance(text_model, str):
             text_model = AutoModelForCausalLM.from_pretrained(text_model, dtype=dtype)
+        # The parts' attention implementations (sdpa, ...): composing their configs resets them to None, and a
+        # GPT-NeoX without one ignores the attention mask of left-padded batches (tests/test_rinna_standins.py).
+        implementations = {"audio_config": audio_model.config._attn_implementation,
+                           "text_config": text_model.config._attn_implementation}
         config = HubertGptConfig(
             audio_config=audio_model.config, text_config=text_model.config, bridge_type=bridge_type, **config_kwargs
         )
         model = cls(config, audio_tower=audio_model, language_model=text_model)
+        model.set_attn_implementation(implementations)
         return model.to(text_model.dtype)
 
     def save_pretrained(self, save_directory, *args, **kwargs):

@@ -332,6 +332,88 @@ def test_not_a_nue_asr_folder(tmp_path, group_src):
         convert_nue_asr.load_nue_asr(str(tmp_path / "x"))
 
 
+# --- the checkpoint's own tokenizer spelling ----------------------------------------------------------------------
+def respell_unk(model_file, spelling):
+    """Rename spiece.model's unknown piece (id 1) to `spelling`, as a tokenizer trained with unk_piece=spelling has."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    with open(model_file, "rb") as f:
+        proto.ParseFromString(f.read())
+    proto.pieces[1].piece = spelling
+    proto.trainer_spec.unk_piece = spelling
+    with open(model_file, "wb") as f:
+        f.write(proto.SerializeToString())
+
+
+def with_special_tokens(src, dst, spm_unk, **named):
+    """A copy of `src` whose spiece.model spells its unknown piece `spm_unk` and whose tokenizer files name `named`."""
+    shutil.copytree(src, dst)
+    respell_unk(dst / "spiece.model", spm_unk)
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        config = json.loads((dst / name).read_text())
+        (dst / name).write_text(json.dumps({**config, **named}))
+    return str(dst)
+
+
+@pytest.mark.parametrize("spelling", ["<unk>", "[UNK]"])
+def test_the_checkpoints_unk_spelling_is_taken_as_it_is(group_src, tmp_path, spelling, audios):
+    import sentencepiece as spm
+
+    reference, _, src = group_src
+    folder = with_special_tokens(src, tmp_path / "nue", spelling, unk_token=spelling)
+    raw = spm.SentencePieceProcessor(model_file=os.path.join(folder, "spiece.model"))
+    assert raw.id_to_piece(raw.unk_id()) == spelling
+    model, processor = convert_nue_asr.load_nue_asr(folder)
+    tokenizer = processor.tokenizer
+    assert (tokenizer.unk_token, tokenizer.unk_token_id) == (spelling, raw.unk_id())
+    text = "猫が鬱蒼と水を"  # 鬱 and 蒼 were never in the training text: unknown pieces
+    assert raw.unk_id() in raw.encode(text)
+    assert tokenizer(text, add_special_tokens=False)["input_ids"] == raw.encode(text)
+    assert tokenizer.convert_tokens_to_ids(spelling) == raw.unk_id()
+    expected = reference.transcribe(torch.from_numpy(audios[0])[None], **ids(raw))
+    check_tokens(model.generate(**processor(audio=[audios[0]], sampling_rate=SR))[0], expected,
+                 model.generation_config.pad_token_id)
+    # the written folder keeps the spelling
+    convert_nue_asr.convert(folder, tmp_path / "out")
+    assert AutoProcessor.from_pretrained(tmp_path / "out", trust_remote_code=True).tokenizer.unk_token == spelling
+
+
+def test_a_folder_without_tokenizer_files_takes_spiece_models_own_pieces(group_src, tmp_path):
+    import sentencepiece as spm
+
+    _, _, src = group_src
+    shutil.copytree(src, tmp_path / "bare")
+    respell_unk(tmp_path / "bare" / "spiece.model", "[UNK]")
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        os.remove(tmp_path / "bare" / name)
+    raw = spm.SentencePieceProcessor(model_file=str(tmp_path / "bare" / "spiece.model"))
+    model, processor = convert_nue_asr.load_nue_asr(str(tmp_path / "bare"))
+    tokenizer = processor.tokenizer
+    got = {k: getattr(tokenizer, k) for k in ("pad_token", "unk_token", "bos_token", "eos_token", "sep_token")}
+    assert got == {"pad_token": "[PAD]", "unk_token": "[UNK]", "bos_token": "<s>", "eos_token": "</s>",
+                   "sep_token": "[SEP]"}
+    assert (model.config.prompt_bos_token_id, model.config.prompt_sep_token_id) == (ids(raw)["bos"], ids(raw)["sep"])
+
+
+def test_a_real_contradiction_is_refused_naming_it(group_src, tmp_path):
+    _, _, src = group_src
+    # the files name [UNK], but spiece.model's unknown piece is <unk> and it has no [UNK]
+    folder = with_special_tokens(src, tmp_path / "a", "<unk>", unk_token="[UNK]")
+    with pytest.raises(ValueError, match=r"special_tokens_map\.json sets unk_token = '\[UNK\]', but spiece\.model has "
+                                         r"no piece '\[UNK\]' \(its unk_token is '<unk>', id 1\)"):
+        convert_nue_asr.load_nue_asr(folder)
+    # a piece that exists, but not in the role spiece.model gives it
+    folder = with_special_tokens(src, tmp_path / "b", "<unk>", eos_token="<s>")
+    with pytest.raises(ValueError, match=r"sets eos_token = '<s>', id 2 in spiece\.model, but spiece\.model's "
+                                         r"eos_token is id 3 \('</s>'\)"):
+        convert_nue_asr.load_nue_asr(folder)
+    # a sep token the model lacks (nue-asr's prompt needs it)
+    folder = with_special_tokens(src, tmp_path / "c", "<unk>", sep_token="<sep>")
+    with pytest.raises(ValueError, match=r"sets sep_token = '<sep>', but spiece\.model has no piece '<sep>'$"):
+        convert_nue_asr.load_nue_asr(folder)
+
+
 # --- the written folder with the stock entry points ----------------------------------------------------------------
 def test_cli_folder_works_with_auto_classes_and_pipeline(group_src, tmp_path, audios):
     reference, sp, src = group_src
