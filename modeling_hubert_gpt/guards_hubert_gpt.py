@@ -126,11 +126,10 @@ def resolve_guards(model, kwargs):
     return Guards(threshold, loop)
 
 
-def fill_silent_rows(tokens, rows, batch, bounds):
-    """The decoded rows' tokens (len(rows), N) or None, back in a (B, N') batch whose other rows are silent: eos then
-    padding (just padding without an eos)."""
+def fill_silent_rows(tokens, rows, batch, bounds, device):
+    """The decoded rows' tokens (len(rows), N) or None, back in a (B, N') batch on `device` whose other rows are
+    silent: eos then padding (just padding without an eos)."""
     width = max(1, 0 if tokens is None else tokens.shape[1])
-    device = tokens.device if tokens is not None else None
     out = torch.full((batch, width), bounds.pad_id, dtype=torch.long, device=device)
     if bounds.eos_ids:
         out[:, 0] = bounds.eos_ids[0]

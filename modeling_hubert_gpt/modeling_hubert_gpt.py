@@ -369,7 +369,7 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
                 raise ValueError("the no-speech guard returns tokens only; pass no_speech_threshold=None to get "
                                  "return_dict_in_generate's outputs")
         _, bounds = resolve_generation(self, generation_config, dict(kwargs), speech.sample_lengths, 0)
-        return fill_silent_rows(tokens, rows, batch, bounds)
+        return fill_silent_rows(tokens, rows, batch, bounds, speech.embeds.device)
 
     def _decode(self, speech, generation_config, ctc_draft, draft_options, guards, kwargs):
         """generate() once the audio is encoded: pack the prompt, resolve the bounds (the loop guard's cap included),
