@@ -183,6 +183,8 @@ def random_models(width, layers, llm_width, llm_layers, vocab, seed):
     ctc = HubertGptForConditionalGeneration(tiny_config("ctc", **shape)).eval()
     ctc.audio_tower.load_state_dict(conv.audio_tower.state_dict())
     ctc.language_model.load_state_dict(conv.language_model.state_dict())
+    # random weights loop and hear no speech: the CTC head's guards would cut them; decoding is measured without
+    ctc.generation_config.no_speech_threshold, ctc.generation_config.loop_guard = None, False
     return conv, ctc
 
 
