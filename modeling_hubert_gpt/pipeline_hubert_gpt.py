@@ -23,12 +23,11 @@ import sys
 import types
 from dataclasses import dataclass
 from functools import reduce
+from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import Pipeline
-from transformers.dynamic_module_utils import get_relative_import_files
-from transformers.utils import logging
+from transformers import Pipeline, logging
 
 from .processing_hubert_gpt import to_mono_float32
 
@@ -477,7 +476,8 @@ class HubertGptASRPipeline(Pipeline):
 
     def save_pretrained(self, save_directory, **kwargs):
         """`Pipeline.save_pretrained` (model, tokenizer, feature extractor), plus what makes the folder open with this
-        class: `custom_pipelines` in config.json, and this file with the one it imports.
+        class: `custom_pipelines` in config.json, and the remote-code files (this folder's `*_hubert_gpt.py`: the
+        ones this file imports, lazily too).
 
         The base class writes those only for a class registered with `PIPELINE_REGISTRY.register_pipeline`, which
         would also replace the stock automatic-speech-recognition pipeline for every model in the process.
@@ -485,8 +485,8 @@ class HubertGptASRPipeline(Pipeline):
         register_pipeline_in_config(self.model.config)
         super().save_pretrained(save_directory, **kwargs)
         if os.path.isdir(save_directory):  # the base class logs an error and saves nothing for a file path
-            for path in {sys.modules[__name__].__file__, *get_relative_import_files(sys.modules[__name__].__file__)}:
-                shutil.copy(path, save_directory)  # this file and every file it imports, as the model's save does
+            for path in sorted(Path(sys.modules[__name__].__file__).parent.glob("*_hubert_gpt.py")):
+                shutil.copy(path, save_directory)
 
 
 # --- saving with the model ----------------------------------------------------------------------------------------
