@@ -98,7 +98,9 @@ class RunArguments:
                 "from scratch on the synthetic Japanese corpus", "choices": ["smoke", "recipe"]})
     corpus_hours: float = field(default=2.0, metadata={"help": "recipe: size of the synthetic corpus"})
     corpus_dir: str = field(default="data", metadata={"help": "recipe: where the synthetic corpus is cached"})
-    max_train_minutes: float | None = field(default=None, metadata={"help": "stop training after this wall time"})
+    max_train_minutes: float | None = field(default=None, metadata={
+        "help": "a guard, not part of a recipe (which is its steps): stop training after this wall time; a run it stops "
+                "early says so at the end, in results.json and in the card"})
     export_dir: str | None = field(default=None, metadata={"help": "also write the Hub-ready folder here"})
     draft_head_fit_steps: int = field(default=0, metadata={
         "help": "after training, refit a CTC draft head trained alone (--ctc_trains_encoder false, a bridge that "
@@ -376,8 +378,10 @@ class TrainingClock(TrainerCallback):
         seconds = round(self.wall_s - self.evaluation_s, 2)
         steps = state.global_step - self.first_step
         audio_s = (state.num_input_tokens_seen - self.first_samples) / rate  # real (unpadded) samples, all ranks
+        ran = steps > 0 and seconds > 0  # else (e.g. resumed at the last step) there is no rate to give
         speed = {"steps": steps, "training_s": seconds, "audio_s": round(audio_s, 2),
-                 "steps_per_s": steps / seconds, "audio_s_per_s": round(audio_s, 2) / seconds, "device": device}
+                 "steps_per_s": steps / seconds if ran else None,
+                 "audio_s_per_s": round(audio_s, 2) / seconds if ran else None, "device": device}
         return time_limit, speed
 
 

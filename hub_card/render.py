@@ -62,17 +62,17 @@ def _check_results(results):
             f"measured numbers; run the evaluation and pass its results JSON"
         )
     for key in ("cer", "wer"):
-        value = results[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"results[{key!r}] must be a finite, non-negative number, got {value!r}")
+        _number(results[key], f"results[{key!r}]", positive=False)
     count = results["num_utterances"]
     if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
         raise ValueError(f"results['num_utterances'] must be a positive int, got {count!r}")
 
 
-def _positive(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite, positive number, got {value!r}")
+def _number(value, name, positive):
+    """`value` if it is a finite number, > 0 (positive) or >= 0; else a ValueError naming `name`."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
+            or (positive and value == 0)):
+        raise ValueError(f"{name} must be a finite, {'positive' if positive else 'non-negative'} number, got {value!r}")
     return value
 
 
@@ -80,15 +80,17 @@ def _speed_rows(results):
     """(label, value) rows of the training speed and of each phase's wall time; [] when results has none."""
     speed, phases = results.get("speed"), results.get("phases_s") or {}
     rows = []
-    if speed:
-        rows += [("Training steps per second", f"{_positive(speed['steps_per_s'], 'speed.steps_per_s'):.3g}"),
+    if speed and speed.get("steps_per_s") is not None:  # None: no step trained in this run (nothing to time)
+        rows += [("Training steps per second", f"{_number(speed['steps_per_s'], 'speed.steps_per_s', True):.3g}"),
                  ("Audio seconds trained per second",
-                  f"{_positive(speed['audio_s_per_s'], 'speed.audio_s_per_s'):.4g}"),
+                  f"{_number(speed['audio_s_per_s'], 'speed.audio_s_per_s', True):.4g}"),
                  ("Measured on", _cell(speed.get("device", "not recorded")))]
     keys = [k for k in PHASE_LABELS if k in phases] + [k for k in phases if k not in PHASE_LABELS]
-    rows += [(f"{PHASE_LABELS.get(k, k)}, wall", f"{_positive(phases[k], f'phases_s.{k}'):.1f} s") for k in keys]
+    # a phase may take under the 0.01 s it is rounded to: 0 is a time, not an error
+    rows += [(f"{PHASE_LABELS.get(k, k)}, wall", f"{_number(phases[k], f'phases_s.{k}', False):.1f} s") for k in keys]
     if rows and results.get("wall_s") is not None:
-        rows.append(("Whole run before the folder is written, wall", f"{_positive(results['wall_s'], 'wall_s'):.1f} s"))
+        wall = _number(results["wall_s"], "wall_s", True)
+        rows.append(("Whole run before the folder is written, wall", f"{wall:.1f} s"))
     return rows
 
 

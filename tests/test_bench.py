@@ -35,9 +35,9 @@ def test_inference_bench_checks_every_variant_against_the_baseline(tmp_path):
 
 
 def test_training_bench_reports_padding_with_and_without_grouping(tmp_path):
-    result, stdout = run_bench("training.py", ["--section", "grouping", "--utterances", "16", "--batch", "4", "--width",
-                                               "32", "--layers", "1", "--scale_utterances", "640", "--scale_batch", "8"],
-                               tmp_path)
+    result, stdout = run_bench("training.py", ["--section", "grouping", "--utterances", "16", "--batch", "4",
+                                               "--width", "32", "--layers", "1", "--scale_utterances", "640",
+                                               "--scale_batch", "8"], tmp_path)
     assert {name: r["steps"] for name, r in result["results"].items()} == {"random": 4, "grouped": 4}
     for r in result["results"].values():
         assert r["audio_s"] == result["results"]["random"]["audio_s"]  # both orders see every utterance once

@@ -165,6 +165,10 @@ def test_speed_and_phases_are_a_table_in_the_card(tmp_path):
     at = [text.index(row) for row in rows]
     assert at == sorted(at)  # in this order, one table
     assert "Evaluation during training" not in text and "cut short" not in text
+    resumed_at_the_end = dict(RESULTS, speed=dict(SPEED["speed"], steps=0, steps_per_s=None, audio_s_per_s=None),
+                              phases_s={"training": 0.0})  # no step trained: no rates, a 0 s phase is a time
+    text = render(tmp_path, resumed_at_the_end).text
+    assert "steps per second" not in text and "| Training (periodic evaluation excluded), wall | 0.0 s |" in text
     plain = render(tmp_path, RESULTS).text  # results without speed: no such table
     assert "Training steps per second" not in plain and "wall |" not in plain
 
@@ -181,7 +185,8 @@ def test_a_run_cut_short_by_the_time_limit_is_flagged_at_the_top(tmp_path):
 
 @pytest.mark.parametrize("bad, error", [
     ({"speed": dict(SPEED["speed"], steps_per_s=0.0)}, "speed.steps_per_s must be a finite, positive number"),
-    ({"phases_s": {"training": float("nan")}}, "phases_s.training must be a finite, positive number"),
+    ({"phases_s": {"training": float("nan")}}, "phases_s.training must be a finite, non-negative number"),
+    ({"phases_s": {"training": -1.0}}, "phases_s.training must be a finite, non-negative number"),
     ({"time_limit": {"cut_short": True}}, "says cut_short but has no message"),
 ])
 def test_bad_speed_or_time_limit_raises(tmp_path, bad, error):
