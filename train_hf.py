@@ -101,7 +101,9 @@ class RunArguments:
                 "from scratch on the synthetic Japanese corpus", "choices": ["smoke", "recipe"]})
     corpus_hours: float = field(default=2.0, metadata={"help": "recipe: size of the synthetic corpus"})
     corpus_dir: str = field(default="data", metadata={"help": "recipe: where the synthetic corpus is cached"})
-    max_train_minutes: float | None = field(default=None, metadata={"help": "stop training after this wall time"})
+    max_train_minutes: float | None = field(default=None, metadata={
+        "help": "a guard, not part of a recipe (which is its steps): stop training after this wall time; a run it stops "
+                "early says so at the end, in results.json and in the card"})
     export_dir: str | None = field(default=None, metadata={"help": "also write the Hub-ready folder here"})
     draft_head_fit_steps: int = field(default=0, metadata={
         "help": "after training, refit a CTC draft head trained alone (--ctc_trains_encoder false, a bridge that "
@@ -328,18 +330,80 @@ def make_compute_metrics(processor):
 
 
 class LossHistory(TrainerCallback):
-    """Keeps every log row, and stops training once `max_minutes` of wall time have passed."""
+    """Keeps every log row, with the minutes since it was made."""
 
-    def __init__(self, max_minutes=None):
-        self.rows, self.max_minutes, self.started = [], max_minutes, time.time()
+    def __init__(self):
+        self.rows, self.started = [], time.time()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         self.rows.append({"step": state.global_step, "minutes": round((time.time() - self.started) / 60, 2),
                           **(logs or {})})
 
+
+class TrainingClock(TrainerCallback):
+    """Times the training phase (wall, and the part of it spent in periodic evaluation) and, as a guard only, stops
+    training after `max_minutes` of wall time.
+
+    The recipe is defined by its steps, not by a clock: the limit only makes a far slower machine than expected end
+    at all. A run it stops before `state.max_steps` is cut short (`stopped_at_step`), and the run says so."""
+
+    def __init__(self, max_minutes=None):
+        self.max_minutes, self.stopped_at_step, self.training, self.evaluation_s = max_minutes, None, False, 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.training, self.started = True, time.time()
+        self.first_step, self.first_samples = state.global_step, state.num_input_tokens_seen  # a resumed run's start
+
     def on_step_end(self, args, state, control, **kwargs):
-        if self.max_minutes is not None and time.time() - self.started > 60 * self.max_minutes:
+        if (self.max_minutes is not None and state.global_step < state.max_steps
+                and time.time() - self.started > 60 * self.max_minutes):
             control.should_training_stop = True
+            self.stopped_at_step = state.global_step
+            logger.warning(f"time limit ({self.max_minutes:g} min) reached: training stops at step "
+                           f"{state.global_step} of {state.max_steps}")
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if self.training:  # periodic evaluation (eval_strategy): not training time
+            self.evaluation_s += (metrics or {}).get("eval_runtime", 0.0)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.training, self.wall_s = False, time.time() - self.started
+
+    def report(self, state, rate, device):
+        """(time_limit, speed) for results.json: whether the guard cut training short, and steps / audio seconds
+        trained per second of training (periodic evaluation excluded), this run's steps only (not a resumed
+        checkpoint's)."""
+        cut = self.stopped_at_step is not None
+        time_limit = {"max_train_minutes": self.max_minutes, "cut_short": cut, "stopped_at_step": self.stopped_at_step,
+                      "max_steps": state.max_steps}
+        if cut:
+            time_limit["message"] = (f"Training stopped at step {self.stopped_at_step} of {state.max_steps} by the "
+                                     f"time limit (--max_train_minutes {self.max_minutes:g}); expect a worse CER than "
+                                     f"the full {state.max_steps} steps give")
+        seconds = round(self.wall_s - self.evaluation_s, 2)
+        steps = state.global_step - self.first_step
+        audio_s = (state.num_input_tokens_seen - self.first_samples) / rate  # real (unpadded) samples, all ranks
+        ran = steps > 0 and seconds > 0  # else (e.g. resumed at the last step) there is no rate to give
+        speed = {"steps": steps, "training_s": seconds, "audio_s": round(audio_s, 2),
+                 "steps_per_s": steps / seconds if ran else None,
+                 "audio_s_per_s": round(audio_s, 2) / seconds if ran else None, "device": device}
+        return time_limit, speed
+
+
+def device_label(targs):
+    """The machine that trained, for reading its speed: "cpu, 2 threads" or "cuda (NVIDIA H200) x 8 processes"."""
+    threads = torch.get_num_threads()
+    label = (f"cuda ({torch.cuda.get_device_name(targs.device)})" if targs.device.type == "cuda"
+             else f"{targs.device.type}, {threads} thread{'s' * (threads > 1)}")
+    return label + (f" x {targs.world_size} processes" if targs.world_size > 1 else "")
+
+
+@contextlib.contextmanager
+def phase(seconds, name):
+    """Adds the wall seconds of the `with` block to `seconds[name]`."""
+    start = time.time()
+    yield
+    seconds[name] = round(time.time() - start, 2)
 
 
 # 7. The Hub-ready folder --------------------------------------------------------------------------------------------
@@ -410,10 +474,13 @@ def run(argv):
     targs.remove_unused_columns = False  # the collator needs the raw audio/text columns
     targs.predict_with_generate = True
     push_to_hub, targs.push_to_hub = targs.push_to_hub, False  # we upload the finished folder ourselves (section 7)
-    started = time.time()
+    # audio seconds trained: the attention mask's real samples (the collator always returns the mask)
+    targs.include_num_input_tokens_seen = "non_padding"
+    started, seconds = time.time(), {}  # seconds: wall time of each phase
 
     work_dir = os.path.join(targs.output_dir, "work")
-    with targs.main_process_first(desc="data"):  # one rank builds the corpus and the dataset caches, then the rest
+    # one rank builds the corpus and the dataset caches, then the rest
+    with phase(seconds, "data"), targs.main_process_first(desc="data"):
         train, evaluation = load_data(dargs, rargs, 16000, targs.seed)
     if dargs.streaming:  # each rank reads its own shards of a stream (accelerate splits them), not rank 0 all
         targs.accelerator_config.dispatch_batches = False
@@ -421,7 +488,7 @@ def run(argv):
     texts = []
     if not (margs.model_name_or_path or margs.audio_model) or margs.ctc_head_chars:
         texts = train["text"] if hasattr(train, "__len__") else [row["text"] for row in train.take(10000)]
-    with targs.main_process_first(desc="build model"), whole_model_init(targs):
+    with phase(seconds, "model"), targs.main_process_first(desc="build model"), whole_model_init(targs):
         model, processor = build_model(margs, texts, work_dir)
     rate = processor.feature_extractor.sampling_rate
     model = choose_trainable(model, margs)
@@ -438,16 +505,24 @@ def run(argv):
     from hubert_gpt_training.trainer import HubertGptTrainer
     from modeling_hubert_gpt.modeling_hubert_gpt import DEFAULT_CTC_LOSS_WEIGHT
 
-    history = LossHistory(rargs.max_train_minutes)
+    history, clock = LossHistory(), TrainingClock(rargs.max_train_minutes)
     head = (model.get_base_model() if hasattr(model, "get_base_model") else model).ctc_head
     trainer = HubertGptTrainer(model=model, args=targs, train_dataset=train, eval_dataset=evaluation,
                                data_collator=SpeechCollator(processor, rate, None if head is None else head.vocab),
                                processing_class=processor,
-                               compute_metrics=make_compute_metrics(processor), callbacks=[history],
+                               compute_metrics=make_compute_metrics(processor), callbacks=[history, clock],
                                ctc_loss_weight=margs.ctc_loss_weight, ctc_trains_encoder=margs.ctc_trains_encoder)
     train_result = trainer.train(resume_from_checkpoint=targs.resume_from_checkpoint)
-    draft_fit = refit_draft_head(model, train, trainer.data_collator, rargs, margs, targs)
-    metrics = trainer.evaluate(metric_key_prefix="test")
+    time_limit, speed = clock.report(trainer.state, rate, device_label(targs))
+    seconds["training"] = speed["training_s"]
+    if clock.evaluation_s:
+        seconds["evaluation_during_training"] = round(clock.evaluation_s, 2)
+    with phase(seconds, "draft_head_refit"):
+        draft_fit = refit_draft_head(model, train, trainer.data_collator, rargs, margs, targs)
+    if draft_fit is None:  # no refit ran
+        del seconds["draft_head_refit"]
+    with phase(seconds, "test_evaluation"):
+        metrics = trainer.evaluate(metric_key_prefix="test")
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     dataset_label = {"smoke": "tone-smoke", "recipe": "ja-synth"}.get(
         rargs.preset, dargs.dataset_name or dargs.dataset_dir or dargs.manifest)
@@ -457,7 +532,8 @@ def run(argv):
         "split": "generated eval set" if rargs.preset == "smoke" else dargs.eval_split or f"held-out {len(evaluation)} of {dargs.train_split}",
         "bridge_type": base.config.bridge_type, "global_step": trainer.state.global_step,
         "train_loss": train_result.training_loss, "train_runtime_s": round(train_result.metrics["train_runtime"], 1),
-        "wall_s": round(time.time() - started, 1),  # data + model build + training + test evaluation
+        "wall_s": round(time.time() - started, 1),  # the phases below, before the folder is written
+        "phases_s": seconds, "speed": speed, "time_limit": time_limit,
         "parameters": parameters, "draft_head_fit": draft_fit, "log_history": history.rows,
     }
     summary = {"model_name": targs.hub_model_id or os.path.basename(os.path.abspath(targs.output_dir)),
@@ -480,6 +556,9 @@ def run(argv):
         print(f"CER {results['cer']:.4f}  WER {results['wer']:.4f} on {results['num_utterances']} utterances; "
               f"Hub-ready folder (model, processor, card, "
               f"results.json): {os.path.abspath(targs.output_dir)}")
+        if time_limit["cut_short"]:  # said last, so it is not missed
+            print(f"\nWARNING: {time_limit['message']}. Its results.json and model card say so too; a larger "
+                  f"--max_train_minutes lets it train every step.", file=sys.stderr)
     if push_to_hub and targs.should_save:
         push(rargs.export_dir or targs.output_dir, targs.hub_model_id, targs.hub_token)
     return results, trainer

@@ -1,8 +1,24 @@
 #!/usr/bin/env python
-"""Training benchmark: audio seconds trained per wall second, and padding, with and without length grouping.
+"""Training benchmark: the recipe's training steps/s with each speed lever switched; padding with and without
+length grouping.
 
-    python bench/training.py --quick            # seconds on 2 CPU cores
-    python bench/training.py --json train.json  # more data, a bigger model
+    python bench/training.py --quick            # about 2.5 minutes on 2 CPU cores (compile left out)
+    python bench/training.py --json train.json  # more steps and data, a bigger grouping model
+    python bench/training.py --section levers   # one section only (levers or grouping)
+
+Levers (--section levers): the embedded recipe's training step, as train_hf.py's recipe sets it up (its model built
+by train_hf.build_model, its collator, batch 16, length-grouped batches from its synthetic corpus, fused AdamW with
+weight decay, gradient clipping at 1.0, the CTC draft head's loss with its weight), timed as it is and with one
+lever switched at a time:
+  workers     collation (audio decoding from arrow, padding, tokenizing) in a DataLoader worker process
+  no_dropout  the encoder's dropout off (the model from a config with every *dropout at 0)
+  compile     torch.compile (default settings) of the model for training; its compile time is reported apart
+  bf16        bf16 autocast around forward and loss
+Every variant starts from the same weights and trains on the same batches in the same order; the variants take
+turns, a few steps each, for several rounds (each round starting with the next variant), so that a change in the
+machine's load hits all of them alike.
+Dropout is seeded per turn, so `workers` gives the recipe's losses exactly (it changes where collation runs, not
+what is computed).
 
 One epoch over synthetic tone utterances (hubert_gpt_training.synthetic: 2 to 16 characters, 0.3 to 2.4 s, so
 lengths vary as in real corpora), in two orders, from the same initial weights:
@@ -20,9 +36,11 @@ corpus' train split, at --scale_batch 16).
 """
 
 import argparse
+import copy
 import json
 import os
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -123,6 +141,150 @@ def run_epoch(model, rows, index_batches, lr=1e-3):
     }
 
 
+LEVERS = ("recipe", "workers", "no_dropout", "compile", "bf16")
+
+
+def recipe_setup(corpus_hours, corpus_dir, model_size, work_dir):
+    """The recipe's arguments, training split, model (random init) and collator, through train_hf itself."""
+    import train_hf
+    from hubert_gpt_training.data import SpeechCollator
+
+    argv = ["--output_dir", work_dir, "--corpus_hours", str(corpus_hours), "--corpus_dir", corpus_dir,
+            "--model_size", model_size]
+    margs, dargs, rargs, targs = train_hf.parse(argv)
+    train, _ = train_hf.load_data(dargs, rargs, RATE, targs.seed)
+    torch.manual_seed(targs.seed)
+    model, processor = train_hf.build_model(margs, train["text"], work_dir)
+    vocab = None if model.ctc_head is None else model.ctc_head.vocab
+    return margs, targs, train, model, SpeechCollator(processor, RATE, vocab)
+
+
+def without_dropout(model):
+    """A copy of `model` built from its config with every `*dropout` probability at 0, with the same weights."""
+    config = copy.deepcopy(model.config)
+    for sub in (config.audio_config, config.text_config):
+        for key, value in vars(sub).items():
+            if key.endswith("dropout") and isinstance(value, float):
+                setattr(sub, key, 0.0)
+    plain = type(model)(config)
+    plain.load_state_dict(model.state_dict())
+    left = [name for name, m in plain.named_modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
+    if left:
+        raise RuntimeError(f"dropout left on in {left[:3]}: the config keys above do not reach it")
+    return plain
+
+
+def lever_batches(lengths, batch, count, seed):
+    """`count` full batches of dataset indices, length-grouped as Trainer's group_by_length, epoch after epoch."""
+    out, epoch = [], 0
+    while len(out) < count:
+        generator = torch.Generator().manual_seed(seed + epoch)
+        order = list(LengthGroupedSampler(batch, lengths=lengths, generator=generator))
+        out += [b for b in batches(order, batch) if len(b) == batch]
+        epoch += 1
+    return out[:count]
+
+
+class Variant:
+    """One lever setting: its own model (from the shared initial weights), optimizer and step."""
+
+    def __init__(self, name, model, targs, margs, train, collator):
+        self.name, self.train, self.collator = name, train, collator
+        self.workers = 1 if name == "workers" else 0
+        self.model = without_dropout(model) if name == "no_dropout" else copy.deepcopy(model)
+        self.model.train()
+        self.forward = torch.compile(self.model) if name == "compile" else self.model
+        self.autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16")
+        fused = "fused" in str(targs.optim)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=targs.learning_rate,
+                                           weight_decay=targs.weight_decay, fused=fused)
+        self.max_grad_norm = targs.max_grad_norm
+        self.loss_kwargs = {"ctc_loss_weight": margs.ctc_loss_weight, "ctc_trains_encoder": margs.ctc_trains_encoder}
+        self.losses, self.audio_s = [], 0.0
+
+    def run(self, index_batches, seed):
+        """Train on `index_batches` (a fresh DataLoader: a worker starts, as each Trainer epoch starts one);
+        returns wall seconds."""
+        start = time.perf_counter()
+        loader = iter(torch.utils.data.DataLoader(self.train, batch_sampler=index_batches, collate_fn=self.collator,
+                                                  num_workers=self.workers))
+        torch.manual_seed(seed)  # after the loader drew its seed: every variant's dropout draws the same masks
+        for inputs in loader:
+            with self.autocast:
+                loss = self.forward(**inputs, **self.loss_kwargs).loss
+            self.optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+            self.optimizer.step()
+            self.losses.append(loss.item())
+            self.audio_s += inputs["attention_mask"].sum().item() / RATE
+        return time.perf_counter() - start
+
+
+def measure_levers(args, quick):
+    """Steps/s of the recipe and of each lever, taking turns; returns a dict for the JSON and the table."""
+    hours = args.lever_corpus_hours or (0.1 if quick else 0.3)
+    rounds, steps, warmup = args.lever_rounds or (4 if quick else 5), args.lever_steps or (3 if quick else 8), 2
+    with tempfile.TemporaryDirectory() as work_dir:
+        margs, targs, train, model, collator = recipe_setup(hours, args.corpus_dir, args.lever_model_size, work_dir)
+        batch = args.lever_batch or targs.per_device_train_batch_size
+        plan = lever_batches(train["input_length"], batch, warmup + rounds * steps, targs.seed)
+        variants = [Variant(name, model, targs, margs, train, collator) for name in args.levers]
+        warm, failed = {}, {}
+        for v in list(variants):  # warm-up (and compilation): not counted
+            try:
+                warm[v.name] = v.run(plan[:warmup], targs.seed)
+            except Exception as err:  # a lever that does not run here (e.g. a compiler error) is a result too
+                if v.name == "recipe":
+                    raise
+                failed[v.name] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:160]}"
+                variants.remove(v)
+            print(f"  {v.name}: warm-up {warm.get(v.name, float('nan')):.1f} s {failed.get(v.name, '')}",
+                  file=sys.stderr)
+        turns = {v.name: [] for v in variants}
+        audio_before = {v.name: v.audio_s for v in variants}
+        for r in range(rounds):
+            chunk = plan[warmup + r * steps : warmup + (r + 1) * steps]
+            for v in variants[r % len(variants):] + variants[: r % len(variants)]:  # each round starts elsewhere
+                turns[v.name].append(v.run(chunk, targs.seed + 1 + r))
+    timed = {name: sum(seconds) for name, seconds in turns.items()}
+    base = next(v for v in variants if v.name == "recipe")
+    out = {"corpus_hours": hours, "model_size": args.lever_model_size, "batch": batch, "rounds": rounds,
+           "steps_per_round": steps, "warmup_steps": warmup, "parameters": sum(p.numel() for p in model.parameters()),
+           "levers": {}, "failed": failed}
+    for v in variants:
+        count = rounds * steps
+        out["levers"][v.name] = {
+            "steps": count, "timed_s": timed[v.name], "turns_s": turns[v.name], "steps_per_s": count / timed[v.name],
+            "audio_s_per_s": (v.audio_s - audio_before[v.name]) / timed[v.name],
+            "vs_recipe": timed["recipe"] / timed[v.name], "warmup_s": warm[v.name],
+            "extra_warmup_s": warm[v.name] - warm["recipe"], "losses": v.losses,
+            "same_losses_as_recipe": v.losses == base.losses,
+        }
+    return out
+
+
+def print_levers(result, threads):
+    print(f"\nrecipe training step, levers side by side - cpu ({threads} threads); model_size "
+          f"{result['model_size']} ({result['parameters'] / 1e6:.2f} M parameters), batch {result['batch']}, "
+          f"{result['rounds']} rounds x {result['steps_per_round']} steps per variant after {result['warmup_steps']} "
+          f"warm-up steps; corpus {result['corpus_hours']:g} h")
+    header = (f"{'variant':<12}{'steps/s':>9}{'audio s/s':>11}{'vs recipe':>11}{'warm-up s':>11}"
+              f"{'extra warm-up s':>17}{'same losses':>13}")
+    print(header)
+    print("-" * len(header))
+    for name, r in result["levers"].items():
+        print(f"{name:<12}{r['steps_per_s']:>9.3f}{r['audio_s_per_s']:>11.1f}{r['vs_recipe']:>10.2f}x"
+              f"{r['warmup_s']:>11.1f}{r['extra_warmup_s']:>17.1f}{'yes' if r['same_losses_as_recipe'] else 'no':>13}")
+    for name, error in result["failed"].items():
+        print(f"{name:<12}failed: {error}")
+    compiled, recipe = result["levers"].get("compile"), result["levers"]["recipe"]
+    saved = compiled and 1 / recipe["steps_per_s"] - 1 / compiled["steps_per_s"]  # seconds saved per step
+    if compiled and saved > 0:
+        print(f"compile pays after {compiled['extra_warmup_s'] / saved:.0f} steps (its extra warm-up / seconds saved "
+              f"per step)")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="64 utterances, batch 8, a tiny model")
@@ -136,14 +298,43 @@ def main(argv=None):
     parser.add_argument("--scale_batch", type=int, default=16, help="batch size for the padding-only count")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: steady timings on a shared machine)")
+    parser.add_argument("--section", choices=["all", "grouping", "levers"], default="all")
+    parser.add_argument("--levers", type=lambda s: s.split(","),
+                        help=f"comma-separated, from {','.join(LEVERS)} (recipe is always run; default all, --quick "
+                             f"all but compile: minutes of C++ compilation here)")
+    parser.add_argument("--corpus_dir", default=os.path.join(ROOT, "data"), help="levers: synthetic corpus cache")
+    parser.add_argument("--lever_corpus_hours", type=float, help="levers: corpus size (default 0.1 quick, 0.3)")
+    parser.add_argument("--lever_model_size", choices=["tiny", "small"], default="small",
+                        help="levers: train_hf's --model_size (small: the recipe's)")
+    parser.add_argument("--lever_batch", type=int, help="levers: batch size (default: the recipe's, 16)")
+    parser.add_argument("--lever_rounds", type=int, help="levers: turns per variant (default 4 quick, 5)")
+    parser.add_argument("--lever_steps", type=int, help="levers: steps per turn (default 3 quick, 8)")
     args = parser.parse_args(argv)
-    n = args.utterances or (64 if args.quick else 256)
-    batch = args.batch or (8 if args.quick else 16)
-    width, layers = args.width or (64 if args.quick else 128), args.layers or (2 if args.quick else 4)
+    args.levers = args.levers or [name for name in LEVERS if not (args.quick and name == "compile")]
+    unknown = sorted(set(args.levers) - set(LEVERS))
+    if unknown:
+        parser.error(f"unknown lever(s) {unknown}; choose from {', '.join(LEVERS)}")
+    args.levers = ["recipe"] + [name for name in LEVERS[1:] if name in args.levers]
     if args.threads:
         torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()
+    summary = {"device": f"cpu ({torch.get_num_threads()} threads)"}
+    if args.section in ("all", "grouping"):
+        summary |= grouping(args)
+    if args.section in ("all", "levers"):
+        summary["levers"] = measure_levers(args, args.quick)
+        print_levers(summary["levers"], torch.get_num_threads())
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=2)
+    return 0
 
+
+def grouping(args):
+    """Random vs length-grouped batches: one epoch each of a tone model, and padding at the recipe's scale."""
+    n = args.utterances or (64 if args.quick else 256)
+    batch = args.batch or (8 if args.quick else 16)
+    width, layers = args.width or (64 if args.quick else 128), args.layers or (2 if args.quick else 4)
     rows = tone_rows(n, seed=args.seed, min_chars=2, max_chars=16)
     config = tiny_config(args.bridge, width=width, layers=layers)
     eos = config.text_config.eos_token_id
@@ -172,7 +363,6 @@ def main(argv=None):
               f"{r['audio_s_per_s'] / results['random']['audio_s_per_s']:>10.2f}x{r['padded_audio_s']:>16.1f}"
               f"{100 * r['encoder_pad_share']:>12.1f}%{100 * r['llm_pad_share']:>8.1f}%")
     summary = {
-        "device": f"cpu ({torch.get_num_threads()} threads)",
         "bridge": args.bridge,
         "utterances": n,
         "batch": batch,
@@ -185,10 +375,7 @@ def main(argv=None):
     print(f"\npadding for an epoch of {args.scale_utterances} utterances at batch {args.scale_batch} (lengths only):")
     for name, r in scale.items():
         print(f"  {name:<8} encoder {100 * r['encoder_pad_share']:5.1f}%   LLM {100 * r['llm_pad_share']:5.1f}%")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2)
-    return 0
+    return summary
 
 
 if __name__ == "__main__":

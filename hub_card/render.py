@@ -42,6 +42,15 @@ RECIPE_LABELS = {
 DEEPSPEED_KEYS = ("deepspeed_config", "deepspeed")
 # Shown elsewhere in the card (render_card's own arguments), so left out of the recipe table.
 NOT_IN_RECIPE = ("base_models", "dataset_id")
+# results["phases_s"] keys (train_hf.py's phases) with a readable label, in this order; other keys follow as they are.
+PHASE_LABELS = {
+    "data": "Data (corpus build or load, decoding)",
+    "model": "Model and tokenizer build",
+    "training": "Training (periodic evaluation excluded)",
+    "evaluation_during_training": "Evaluation during training",
+    "draft_head_refit": "CTC draft head refit",
+    "test_evaluation": "Test evaluation",
+}
 
 
 def _check_results(results):
@@ -53,12 +62,46 @@ def _check_results(results):
             f"measured numbers; run the evaluation and pass its results JSON"
         )
     for key in ("cer", "wer"):
-        value = results[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"results[{key!r}] must be a finite, non-negative number, got {value!r}")
+        _number(results[key], f"results[{key!r}]", positive=False)
     count = results["num_utterances"]
     if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
         raise ValueError(f"results['num_utterances'] must be a positive int, got {count!r}")
+
+
+def _number(value, name, positive):
+    """`value` if it is a finite number, > 0 (positive) or >= 0; else a ValueError naming `name`."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
+            or (positive and value == 0)):
+        raise ValueError(f"{name} must be a finite, {'positive' if positive else 'non-negative'} number, got {value!r}")
+    return value
+
+
+def _speed_rows(results):
+    """(label, value) rows of the training speed and of each phase's wall time; [] when results has none."""
+    speed, phases = results.get("speed"), results.get("phases_s") or {}
+    rows = []
+    if speed and speed.get("steps_per_s") is not None:  # None: no step trained in this run (nothing to time)
+        rows += [("Training steps per second", f"{_number(speed['steps_per_s'], 'speed.steps_per_s', True):.3g}"),
+                 ("Audio seconds trained per second",
+                  f"{_number(speed['audio_s_per_s'], 'speed.audio_s_per_s', True):.4g}"),
+                 ("Measured on", _cell(speed.get("device", "not recorded")))]
+    keys = [k for k in PHASE_LABELS if k in phases] + [k for k in phases if k not in PHASE_LABELS]
+    # a phase may take under the 0.01 s it is rounded to: 0 is a time, not an error
+    rows += [(f"{PHASE_LABELS.get(k, k)}, wall", f"{_number(phases[k], f'phases_s.{k}', False):.1f} s") for k in keys]
+    if rows and results.get("wall_s") is not None:
+        wall = _number(results["wall_s"], "wall_s", True)
+        rows.append(("Whole run before the folder is written, wall", f"{wall:.1f} s"))
+    return rows
+
+
+def _cut_short_note(results):
+    """The time-limit guard's message when it cut training short, else None."""
+    limit = results.get("time_limit") or {}
+    if not limit.get("cut_short"):
+        return None
+    if not isinstance(limit.get("message"), str) or not limit["message"]:
+        raise ValueError(f"results['time_limit'] says cut_short but has no message: {limit!r}")
+    return limit["message"]
 
 
 def _cell(value):
@@ -116,6 +159,9 @@ def render_card(
     Args:
         results: the run's results JSON, with at least `cer`, `wer` (fractions, e.g. 0.084),
             `num_utterances`, `dataset_name`, `split` (of the evaluation set) and `bridge_type`.
+            Optional, as train_hf.py writes them: `speed` (`steps_per_s`, `audio_s_per_s`, `device`),
+            `phases_s` (wall seconds per phase), `wall_s`, and `time_limit` (`cut_short`, `message`): a run the
+            time limit cut short gets a warning at the top of the card.
             Optional `dataset_id`: Hub id of the evaluation set (defaults to `dataset_id` below when
             `results["dataset_name"] == dataset_name`, else to the evaluation set's name).
         out_dir: folder to write README.md into (created if needed).
@@ -165,6 +211,7 @@ def render_card(
         eval_results=eval_results,
     )
     recipe, deepspeed_json = _recipe_rows(training_summary, bridge_type)
+    speed_rows, cut_short_note = _speed_rows(results), _cut_short_note(results)
     card = ModelCard.from_template(
         card_data,
         template_path=TEMPLATE_PATH,
@@ -178,6 +225,8 @@ def render_card(
         train_dataset_name=dataset_name,
         train_dataset_id=dataset_id,
         recipe=recipe,
+        speed_rows=speed_rows,
+        cut_short_note=cut_short_note,
         deepspeed_json=deepspeed_json,
         eval_dataset_name=results["dataset_name"],
         eval_dataset_id=eval_dataset_id,

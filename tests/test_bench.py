@@ -35,8 +35,9 @@ def test_inference_bench_checks_every_variant_against_the_baseline(tmp_path):
 
 
 def test_training_bench_reports_padding_with_and_without_grouping(tmp_path):
-    result, stdout = run_bench("training.py", ["--utterances", "16", "--batch", "4", "--width", "32", "--layers", "1",
-                                               "--scale_utterances", "640", "--scale_batch", "8"], tmp_path)
+    result, stdout = run_bench("training.py", ["--section", "grouping", "--utterances", "16", "--batch", "4",
+                                               "--width", "32", "--layers", "1", "--scale_utterances", "640",
+                                               "--scale_batch", "8"], tmp_path)
     assert {name: r["steps"] for name, r in result["results"].items()} == {"random": 4, "grouped": 4}
     for r in result["results"].values():
         assert r["audio_s"] == result["results"]["random"]["audio_s"]  # both orders see every utterance once
@@ -45,6 +46,26 @@ def test_training_bench_reports_padding_with_and_without_grouping(tmp_path):
     for share in ("encoder_pad_share", "llm_pad_share"):
         assert 0 <= scale["grouped"][share] < scale["random"][share]
     assert "padding for an epoch of 640 utterances at batch 8" in stdout
+
+
+def test_training_bench_times_the_recipe_step_with_each_lever_on_the_same_batches(tmp_path):
+    """torch.compile is left out here (minutes of C++ compilation); the quick run covers it."""
+    result, stdout = run_bench("training.py", ["--section", "levers", "--levers", "bf16,no_dropout,workers",
+                                               "--corpus_dir", str(tmp_path / "data"), "--lever_corpus_hours", "0.02",
+                                               "--lever_model_size", "tiny", "--lever_batch", "4", "--lever_rounds",
+                                               "2", "--lever_steps", "3"], tmp_path)
+    levers = result["levers"]
+    assert list(levers["levers"]) == ["recipe", "workers", "no_dropout", "bf16"] and levers["failed"] == {}
+    recipe = levers["levers"]["recipe"]
+    for name, row in levers["levers"].items():
+        assert row["steps"] == 6 and len(row["losses"]) == 2 + 6  # warm-up steps, then 2 turns of 3 steps
+        assert row["steps_per_s"] == row["steps"] / row["timed_s"] and row["audio_s_per_s"] > 0
+        assert row["vs_recipe"] == recipe["timed_s"] / row["timed_s"]
+        assert row["same_losses_as_recipe"] == (row["losses"] == recipe["losses"])
+    # a worker moves collation, not the math: the recipe's losses exactly; dropout off and bf16 change them
+    assert levers["levers"]["workers"]["same_losses_as_recipe"] is True
+    assert recipe["losses"][0] != levers["levers"]["no_dropout"]["losses"][0] != levers["levers"]["bf16"]["losses"][0]
+    assert "recipe training step, levers side by side" in stdout and "\nworkers " in stdout
 
 
 def test_inference_bench_rejects_a_repeat_below_one():

@@ -147,3 +147,49 @@ def test_summary_shaped_like_train_hf(tmp_path):
     text = render(tmp_path, dict(RESULTS, bridge_type="conv"), training_summary=headless, dataset_id=None).text
     assert "| CTC head (aux loss; drafts for `ctc_draft=True`) | False |" in text
     assert "CTC loss weight" not in text and "CTC loss trains the encoder" not in text
+
+
+SPEED = {"speed": {"steps": 24, "training_s": 8.0, "audio_s": 151.3, "steps_per_s": 3.0, "audio_s_per_s": 18.9125,
+                   "device": "cpu, 2 threads"},
+         "phases_s": {"data": 2.41, "model": 0.13, "training": 8.0, "draft_head_refit": 61.0, "test_evaluation": 0.77},
+         "wall_s": 72.4}
+
+
+def test_speed_and_phases_are_a_table_in_the_card(tmp_path):
+    text = render(tmp_path, dict(RESULTS, **SPEED)).text
+    rows = ["| Training steps per second | 3 |", "| Audio seconds trained per second | 18.91 |",
+            "| Measured on | cpu, 2 threads |", "| Data (corpus build or load, decoding), wall | 2.4 s |",
+            "| Model and tokenizer build, wall | 0.1 s |", "| Training (periodic evaluation excluded), wall | 8.0 s |",
+            "| CTC draft head refit, wall | 61.0 s |", "| Test evaluation, wall | 0.8 s |",
+            "| Whole run before the folder is written, wall | 72.4 s |"]
+    at = [text.index(row) for row in rows]
+    assert at == sorted(at)  # in this order, one table
+    assert "Evaluation during training" not in text and "cut short" not in text
+    resumed_at_the_end = dict(RESULTS, speed=dict(SPEED["speed"], steps=0, steps_per_s=None, audio_s_per_s=None),
+                              phases_s={"training": 0.0})  # no step trained: no rates, a 0 s phase is a time
+    text = render(tmp_path, resumed_at_the_end).text
+    assert "steps per second" not in text and "| Training (periodic evaluation excluded), wall | 0.0 s |" in text
+    plain = render(tmp_path, RESULTS).text  # results without speed: no such table
+    assert "Training steps per second" not in plain and "wall |" not in plain
+
+
+def test_a_run_cut_short_by_the_time_limit_is_flagged_at_the_top(tmp_path):
+    message = "Training stopped at step 877 of 4000 by the time limit (--max_train_minutes 20); expect a worse CER"
+    limit = {"max_train_minutes": 20, "cut_short": True, "stopped_at_step": 877, "max_steps": 4000, "message": message}
+    text = render(tmp_path, dict(RESULTS, time_limit=limit)).text
+    assert text.lstrip().startswith(f"# example-org/hubert-gpt-tiny-ja\n\n> **Warning: this model's training was "
+                                    f"cut short.** {message}.\n\n`example-org/hubert-gpt-tiny-ja` transcribes")
+    not_cut = dict(limit, cut_short=False, stopped_at_step=None, message=None)
+    assert "cut short" not in render(tmp_path, dict(RESULTS, time_limit=not_cut)).text
+
+
+@pytest.mark.parametrize("bad, error", [
+    ({"speed": dict(SPEED["speed"], steps_per_s=0.0)}, "speed.steps_per_s must be a finite, positive number"),
+    ({"phases_s": {"training": float("nan")}}, "phases_s.training must be a finite, non-negative number"),
+    ({"phases_s": {"training": -1.0}}, "phases_s.training must be a finite, non-negative number"),
+    ({"time_limit": {"cut_short": True}}, "says cut_short but has no message"),
+])
+def test_bad_speed_or_time_limit_raises(tmp_path, bad, error):
+    with pytest.raises(ValueError, match=error):
+        render(tmp_path, dict(RESULTS, **bad))
+    assert not (tmp_path / "README.md").exists()

@@ -3,6 +3,7 @@ frozen parts, resume, export, and its errors."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -68,6 +69,60 @@ def test_exported_folder_transcribes_in_a_fresh_process(smoke, tmp_path):
     expected = model.generate(**processor(audio=audios, sampling_rate=16000))
     assert got["tokens"] == expected.tolist()
     assert got["pipeline_text"] == processor.batch_decode(expected, skip_special_tokens=True)
+
+
+def test_time_limit_cuts_training_short_and_says_so_everywhere(tmp_path):
+    """The limit is a guard: a run it stops before max_steps says where, at the end of stderr, in results.json and
+    at the top of the card."""
+    out = tmp_path / "out"
+    proc = run([sys.executable, str(ROOT / "train_hf.py"), "--preset", "smoke", "--max_steps", "100000",
+                "--max_train_minutes", "0.05", "--output_dir", str(out)], tmp_path)
+    results = json.loads((out / "results.json").read_text())
+    step, limit = results["global_step"], results["time_limit"]
+    assert 1 <= step < 100000
+    message = (f"Training stopped at step {step} of 100000 by the time limit (--max_train_minutes 0.05); expect a "
+               f"worse CER than the full 100000 steps give")
+    assert limit == {"max_train_minutes": 0.05, "cut_short": True, "stopped_at_step": step, "max_steps": 100000,
+                     "message": message}
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"WARNING: {message}.")  # said last
+    card = (out / "README.md").read_text()
+    assert f"# out\n\n> **Warning: this model's training was cut short.** {message}.\n" in card
+    assert results["speed"]["steps"] == step
+
+
+def test_run_reports_its_speed_and_the_wall_time_of_each_phase(tmp_path):
+    """One epoch of the smoke data (24 steps: every utterance once) with periodic evaluation and a time limit it does
+    not reach."""
+    from hubert_gpt_training.synthetic import tone_rows
+
+    out = tmp_path / "out"
+    proc = run([sys.executable, str(ROOT / "train_hf.py"), "--preset", "smoke", "--max_steps", "-1",
+                "--num_train_epochs", "1", "--eval_strategy", "steps", "--eval_steps", "12", "--max_train_minutes",
+                "30", "--output_dir", str(out)], tmp_path)
+    results = json.loads((out / "results.json").read_text())
+    assert results["global_step"] == 24
+    assert results["time_limit"] == {"max_train_minutes": 30.0, "cut_short": False, "stopped_at_step": None,
+                                     "max_steps": 24}
+    card = (out / "README.md").read_text()
+    assert "cut short" not in card and "time limit" not in proc.stderr
+    speed, phases = results["speed"], results["phases_s"]
+    train_audio = sum(len(row["audio"]["array"]) for row in tone_rows(192, seed=42)) / 16000  # the smoke train set
+    assert speed["steps"] == 24 and speed["audio_s"] == round(train_audio, 2)  # real samples, padding not counted
+    assert speed["training_s"] == phases["training"] > 0
+    assert speed["steps_per_s"] == pytest.approx(24 / phases["training"])
+    assert speed["audio_s_per_s"] == pytest.approx(speed["audio_s"] / phases["training"])
+    assert list(phases) == ["data", "model", "training", "evaluation_during_training", "test_evaluation"]
+    assert all(seconds > 0 for seconds in phases.values())
+    periodic = [row["eval_runtime"] for row in results["log_history"] if "eval_runtime" in row]
+    assert len(periodic) == 2 and phases["evaluation_during_training"] == pytest.approx(sum(periodic), abs=0.01)
+    assert sum(phases.values()) <= results["wall_s"] + 0.1  # disjoint phases within the run's wall time
+    assert re.fullmatch(r"cpu, \d+ threads?", speed["device"])
+    for row in (f"| Training steps per second | {speed['steps_per_s']:.3g} |",
+                f"| Audio seconds trained per second | {speed['audio_s_per_s']:.4g} |",
+                f"| Training (periodic evaluation excluded), wall | {phases['training']:.1f} s |",
+                f"| Evaluation during training, wall | {phases['evaluation_during_training']:.1f} s |",
+                f"| Whole run before the folder is written, wall | {results['wall_s']:.1f} s |"):
+        assert row in card
 
 
 def test_trainer_gives_every_loss_forward_the_ctc_settings(tiny_processor, tmp_path):

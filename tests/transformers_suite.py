@@ -14,7 +14,6 @@ The sdist lacks three modules those files import; they are stood in for here, ea
 """
 
 import importlib
-import os
 import subprocess
 import sys
 import tarfile
@@ -67,7 +66,6 @@ def load(cache_dir) -> tuple:
                 (package / parent / "__init__.py").touch()
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     modeling = importlib.import_module(f"{PACKAGE}.test_modeling_common")
     configuration = importlib.import_module(f"{PACKAGE}.test_configuration_common")
     return modeling.ModelTesterMixin, configuration.ConfigTester, modeling
