@@ -323,6 +323,9 @@ def build_hotwords(model, words, boost, threshold, tokenizer, ctc_logits=None, f
     scores = [{w: float("-inf") for w in row} for row in words]
     firsts = [{} for _ in words]
     if spellable:
+        if ctc_logits is None:
+            raise ValueError("gated hotwords read the CTC head's logits; a speech_prompt given to generate must come "
+                             "from encode_speech(..., ctc_head=True)")
         log_probs = ctc_logits.float().log_softmax(-1)
         found, first_frames = keyword_scores(log_probs, frame_lengths, [labels[w] for w in spellable], head.blank_id)
         before = spelled_before(head, log_probs, frame_lengths, first_frames, vocabulary)
