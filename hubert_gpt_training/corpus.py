@@ -6,6 +6,11 @@ test; an `Audio` column of 16 kHz WAV bytes, a `transcription` column, and each 
 `half_tone`) that train_hf.py reads like any corpus.
 
   python -m hubert_gpt_training.corpus --hours 2 --out data        # prints the folder it wrote (or reused)
+
+A hotword test set (`build_hotword_set`, `--hotword_set N`): N test-like sentences whose person or place slot holds a
+name that never occurs in the corpus's training text but is written only with characters that do (`held_out_names`),
+spoken with the test split's held-out voices; its `names` column says which name each utterance holds, and
+`distractors` in hotwords.json lists 20 other held-out names that none of them says (for leakage).
 """
 
 import argparse
@@ -132,6 +137,65 @@ def _synthesize_job(args):
     return synthesize(*args)
 
 
+# --- a hotword test set ----------------------------------------------------------------------------------------------
+NAME_CANDIDATES = ["山本", "中野", "大野", "本田", "中山", "大山", "野田", "東山", "真田", "水野", "今田", "中田", "新田",
+                   "大田", "本山", "山中", "東野", "日野", "大友", "友田", "生田", "園田", "野中", "中本", "山野", "新山",
+                   "館山", "野本", "東田", "京田", "真野", "大本", "田中", "山田"]  # surnames / place names
+DISTRACTORS = 20
+
+
+def held_out_names(train_texts, seed=0):
+    """The NAME_CANDIDATES written only with characters of `train_texts` and found in none of them, shuffled."""
+    chars = set("".join(train_texts))
+    names = [n for n in NAME_CANDIDATES if set(n) <= chars and not any(n in t for t in train_texts)]
+    random.Random(seed).shuffle(names)
+    return names
+
+
+def hotword_plan(train_texts, count, seed=0):
+    """(rows (split "hotwords", sentence, speed, half_tone), names per row, distractors): each sentence fills its person
+    slot ("<name>さんが") or its place slot ("<name>で") with a held-out name; the voices are the test split's."""
+    names = held_out_names(train_texts, seed)
+    if len(names) <= DISTRACTORS:
+        raise ValueError(f"only {len(names)} held-out names; need more than {DISTRACTORS} (spoken + distractors)")
+    spoken, distractors = names[DISTRACTORS:], names[:DISTRACTORS]
+    rng = random.Random(seed)
+    rows, said = [], []
+    for _ in range(count):
+        template = rng.choice([t for t in TEMPLATES if "person" in t or "place" in t])
+        slot = rng.choice([s for s in ("person", "place") if s in template])
+        name = rng.choice(spoken)
+        words = [name + ("さんが" if s == "person" else "で") if s == slot else rng.choice(WORDS[s]) for s in template]
+        rows.append(("hotwords", "".join(words), round(_uniform_from(HELD_OUT_VOICES["speed"], rng), 3),
+                     round(_uniform_from(HELD_OUT_VOICES["half_tone"], rng), 2)))
+        said.append([name])
+    return rows, said, distractors
+
+
+def build_hotword_set(corpus, count=100, seed=0, workers=None):
+    """Build (or reuse) `<corpus>-hotwords<count>` next to a corpus folder; returns its folder."""
+    import datasets
+
+    folder = f"{corpus.rstrip('/')}-hotwords{count}-seed{seed}"
+    if os.path.exists(os.path.join(folder, "hotwords.json")):
+        return folder
+    train_texts = datasets.load_from_disk(corpus)["train"]["transcription"]
+    rows, said, distractors = hotword_plan(train_texts, count, seed)
+    with Pool(workers or os.cpu_count()) as pool:
+        wavs = [wav for _, wav in pool.imap(_synthesize_job, [(row, False, seed) for row in rows], chunksize=8)]
+    data = datasets.Dataset.from_dict({
+        "audio": [{"bytes": w, "path": None} for w in wavs], "transcription": [r[1] for r in rows],
+        "names": said, "speed": [r[2] for r in rows], "half_tone": [r[3] for r in rows],
+    }).cast_column("audio", datasets.Audio(SAMPLING_RATE, decode=False))
+    tmp = folder + ".partial"
+    data.save_to_disk(tmp)
+    with open(os.path.join(tmp, "hotwords.json"), "w") as f:
+        json.dump({"spoken": sorted({n for names in said for n in names}), "distractors": distractors,
+                   "corpus": os.path.abspath(corpus)}, f, ensure_ascii=False, indent=1)
+    os.replace(tmp, folder)
+    return folder
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hours", type=float, default=2.0, help="total audio, all splits (default 2)")
@@ -139,8 +203,13 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--augment", action="store_true", help="noise at a random SNR on training audio")
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--hotword_set", type=int, default=0, metavar="N",
+                        help="also build a hotword test set of N utterances next to the corpus (prints its folder too)")
     args = parser.parse_args(argv)
-    print(build(args.hours, args.out, args.seed, args.augment, args.workers))
+    folder = build(args.hours, args.out, args.seed, args.augment, args.workers)
+    print(folder)
+    if args.hotword_set:
+        print(build_hotword_set(folder, args.hotword_set, args.seed, args.workers))
 
 
 if __name__ == "__main__":

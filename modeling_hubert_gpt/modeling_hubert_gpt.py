@@ -15,6 +15,7 @@ from transformers import (
     Cache,
     GenerationConfig,
     GenerationMixin,
+    LogitsProcessorList,
     PreTrainedModel,
     StoppingCriteriaList,
 )
@@ -31,6 +32,7 @@ from .generation_hubert_gpt import (
     max_new_tokens_for,
     resolve_generation,
 )
+from .hotwords_hubert_gpt import build_hotwords, resolve_hotwords
 
 DEFAULT_CTC_LOSS_WEIGHT = 0.3
 
@@ -330,7 +332,9 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         CTC-draft greedy decoding (models with a CTC head; see speculative_hubert_gpt.py for its options). Without max_new_tokens /
         max_length each utterance stops at its own bound (generation_hubert_gpt.py), for beam search too.
         Models with a CTC head guard the LLM with it (guards_hubert_gpt.py): `no_speech_threshold` (None: off) and
-        `loop_guard` (False: off). `speech_prompt`: this audio's `encode_speech(..., ctc_head=True)`, computed once
+        `loop_guard` (False: off). `hotwords` (a list of words, or one list per utterance; with `tokenizer`),
+        `hotword_boost`, `hotword_threshold`: words boosted where the CTC head heard them (hotwords_hubert_gpt.py).
+        `speech_prompt`: this audio's `encode_speech(..., ctc_head=True)`, computed once
         by a caller that reads the CTC head too (the pipeline's timestamps).
         """
         from .duration_hubert_gpt import check_duration  # relative imports: the files are saved alongside
@@ -344,55 +348,72 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
             if kwargs.get(name) is not None:
                 raise ValueError(f"{name} is not supported: {why}. Use generate(..., ctc_draft=True), lossless "
                                  "speculative decoding with the CTC head's drafts")
-        draft_options = {k: kwargs.pop(k) for k in ("draft_override", "ctc_draft_window", "ctc_draft_ngram", "tokenizer")
-                         if k in kwargs}
+        draft_options = {k: kwargs.pop(k) for k in ("draft_override", "ctc_draft_window", "ctc_draft_ngram") if k in kwargs}
         if draft_options and not ctc_draft:
             raise TypeError(f"{sorted(draft_options)} are options of ctc_draft=True")
+        tokenizer = kwargs.pop("tokenizer", None)
+        batch = 1 if input_values is None or input_values.dim() == 1 else input_values.shape[0]
+        if kwargs.get("speech_prompt") is not None:
+            batch = len(kwargs["speech_prompt"].sample_lengths)
+        if tokenizer is not None and not (ctc_draft or "hotwords" in kwargs):
+            raise TypeError("tokenizer is an option of ctc_draft=True and of hotwords")
+        hotwords = resolve_hotwords(self, kwargs, batch, tokenizer)
+        if ctc_draft and tokenizer is not None:
+            draft_options["tokenizer"] = tokenizer
         guards = resolve_guards(self, kwargs)
+        gated = hotwords is not None and hotwords[2] is not None
         speech = kwargs.pop("speech_prompt", None)
         if speech is None:
-            speech = self.encode_speech(input_values, attention_mask, ctc_head=guards.needs_ctc_head or ctc_draft and (
-                "draft_override" not in draft_options or callable(draft_options["draft_override"])))
+            speech = self.encode_speech(input_values, attention_mask, ctc_head=guards.needs_ctc_head or gated or (
+                ctc_draft and ("draft_override" not in draft_options or callable(draft_options["draft_override"]))))
         if guards.needs_ctc_head:
             guards.read(self.ctc_head, speech.ctc_logits, speech.frame_lengths)
+        if hotwords is not None:
+            hotwords = build_hotwords(self, *hotwords, tokenizer, speech.ctc_logits, speech.frame_lengths)
+        self.last_hotwords = hotwords  # what the gate decided per row (hotwords_hubert_gpt.Hotwords), or None
         check_duration(self, speech.sample_lengths)
         rows, batch = guards.speaking_rows(), len(speech.sample_lengths)
         if guards.no_speech_threshold is None or len(rows) == batch:
-            return self._decode(speech, generation_config, ctc_draft, draft_options, guards, kwargs)
+            return self._decode(speech, generation_config, ctc_draft, draft_options, guards, hotwords, kwargs)
         if isinstance(draft_options.get("draft_override"), (list, tuple)):
             draft_options["draft_override"] = [draft_options["draft_override"][b] for b in rows]
         tokens = None
         if rows:
             kept = SpeechPrompt(*(None if part is None else part[rows] for part in speech))
-            tokens = self._decode(kept, generation_config, ctc_draft, draft_options, guards.select(rows), kwargs)
+            tokens = self._decode(kept, generation_config, ctc_draft, draft_options, guards.select(rows),
+                                  None if hotwords is None else hotwords.select(rows), kwargs)
             if not isinstance(tokens, torch.Tensor):
                 raise ValueError("the no-speech guard returns tokens only; pass no_speech_threshold=None to get "
                                  "return_dict_in_generate's outputs")
         _, bounds = resolve_generation(self, generation_config, dict(kwargs), speech.sample_lengths, 0)
         return fill_silent_rows(tokens, rows, batch, bounds, speech.embeds.device)
 
-    def _decode(self, speech, generation_config, ctc_draft, draft_options, guards, kwargs):
+    def _decode(self, speech, generation_config, ctc_draft, draft_options, guards, hotwords, kwargs):
         """generate() once the audio is encoded: pack the prompt, resolve the bounds (the loop guard's cap included),
-        decode, cut unsupported repetitions."""
+        decode (hotwords boosted: hotwords_hubert_gpt.py), cut unsupported repetitions."""
         embeds, prompt_mask, position_ids, _ = self.pack_prompt(speech.embeds, speech.lengths, left_pad=True)
         config, bounds = resolve_generation(self, generation_config, kwargs, speech.sample_lengths, prompt_mask.shape[1])
         bounds = guards.cap(bounds)
+        hotwords = hotwords if hotwords is not None and hotwords.any else None
         if ctc_draft:
             from .speculative_hubert_gpt import ctc_draft_generate  # a relative import: the file is saved alongside
 
             tokens = ctc_draft_generate(self, speech, embeds, prompt_mask, position_ids, config, bounds, kwargs,
-                                        **draft_options)
+                                        hotwords=hotwords, **draft_options)
         else:
-            tokens = self._generate_tokens(embeds, prompt_mask, position_ids, config, bounds, kwargs)
+            tokens = self._generate_tokens(embeds, prompt_mask, position_ids, config, bounds, kwargs, hotwords)
         return guards.cut_repeats(tokens, bounds)
 
-    def _generate_tokens(self, embeds, prompt_mask, position_ids, config, bounds, kwargs):
-        """language_model.generate after the packed prompt, each row within its bound."""
+    def _generate_tokens(self, embeds, prompt_mask, position_ids, config, bounds, kwargs, hotwords=None):
+        """language_model.generate after the packed prompt, each row within its bound (and its hotwords boosted)."""
         if bounds.per_utterance and config.num_beams > 1 and len(set(bounds.max_new)) > 1:
             if config.return_dict_in_generate:
                 raise ValueError("beam search with per-utterance bounds decodes rows in groups and returns tokens only; "
                                  "pass max_new_tokens to get return_dict_in_generate's outputs for the whole batch")
-            return self._generate_in_bound_groups(embeds, prompt_mask, position_ids, config, bounds, kwargs)
+            return self._generate_in_bound_groups(embeds, prompt_mask, position_ids, config, bounds, kwargs, hotwords)
+        if hotwords is not None:
+            kwargs = {**kwargs, "logits_processor": LogitsProcessorList([*kwargs.get("logits_processor", []),
+                                                                         hotwords.processor()])}
         if bounds.per_utterance:
             config.max_new_tokens = max(bounds.max_new)
             if config.num_beams == 1:
@@ -407,7 +428,7 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         return self.language_model.generate(inputs_embeds=embeds, attention_mask=prompt_mask, position_ids=position_ids,
                                             generation_config=llm_generation_config(config), **kwargs)
 
-    def _generate_in_bound_groups(self, embeds, prompt_mask, position_ids, config, bounds, kwargs):
+    def _generate_in_bound_groups(self, embeds, prompt_mask, position_ids, config, bounds, kwargs, hotwords=None):
         """Beam search with per-utterance bounds: rows that share a bound are decoded together with exactly that
         max_new_tokens (a beam cannot stop at a bound of its own), so each row gets the tokens it gets alone."""
         rows_by_bound = {}
@@ -419,9 +440,13 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
             keep = int(prompt_mask[index].sum(-1).max())  # drop the left padding no row of this group needs
             group_config = llm_generation_config(config)
             group_config.max_new_tokens = bound
+            group_kwargs = kwargs
+            if hotwords is not None:
+                group_kwargs = {**kwargs, "logits_processor": LogitsProcessorList(
+                    [*kwargs.get("logits_processor", []), hotwords.select(rows).processor()])}
             tokens = self.language_model.generate(
                 inputs_embeds=embeds[index, -keep:], attention_mask=prompt_mask[index, -keep:],
-                position_ids=position_ids[index, -keep:], generation_config=group_config, **kwargs)
+                position_ids=position_ids[index, -keep:], generation_config=group_config, **group_kwargs)
             for row, out in zip(rows, tokens):
                 outputs[row] = out
         width = max(len(out) for out in outputs)

@@ -255,6 +255,8 @@ class HubertGptASRPipeline(Pipeline):
             posteriors stitched from its chunks).
         no_speech_threshold (`float` or None), loop_guard (`bool`): the CTC head's guards (guards_hubert_gpt.py),
             passed to `generate`; on by default for models with a CTC head.
+        hotwords (`list[str]`, or one such list per input of a list), hotword_boost, hotword_threshold: words boosted
+            where the CTC head heard them (hotwords_hubert_gpt.py); every chunk of an input gets its input's words.
     Audio longer than the model takes (its LLM context must hold the speech prompt and the transcript bound;
     duration_hubert_gpt.py) is chunked without being asked, with a one-line warning naming `chunk_length_s`.
     Output: `{"text": str}`, plus `"chunks": [{"text": str, "timestamp": (start_s, end_s)}]` with return_timestamps.
@@ -406,11 +408,14 @@ class HubertGptASRPipeline(Pipeline):
 
         return {"batches": batches(), "num_inputs": len(items)}
 
-    def _forward(self, model_inputs, return_timestamps=None, **generate_kwargs):
-        if generate_kwargs.get("ctc_draft"):
+    def _forward(self, model_inputs, return_timestamps=None, hotwords=None, **generate_kwargs):
+        if generate_kwargs.get("ctc_draft") or hotwords:
             generate_kwargs.setdefault("tokenizer", self.tokenizer)  # the model decides whether its draft needs it
+        per_input = self._hotwords_per_input(hotwords, model_inputs["num_inputs"])
         tokens, pieces = [], []  # per chunk: (input index, (N,) new tokens); its _Chunk
         for indices, chunks in model_inputs["batches"]:
+            if per_input is not None:  # each chunk's row gets its input's words
+                generate_kwargs["hotwords"] = [per_input[i] for i in indices]
             audios = [chunk.audio for chunk in chunks]
             features = self.feature_extractor(
                 audios,
@@ -435,6 +440,20 @@ class HubertGptASRPipeline(Pipeline):
                 chunk.audio = None  # read; the rest is kept for postprocess
             pieces += chunks
         return {"tokens": tokens, "chunks": pieces, "num_inputs": model_inputs["num_inputs"]}
+
+    @staticmethod
+    def _hotwords_per_input(hotwords, num_inputs):
+        """`hotwords` (one list of words for every input, or one list per input) -> a list per input, or None."""
+        if not hotwords:
+            return None
+        if not isinstance(hotwords, (list, tuple)):
+            raise ValueError(f"hotwords must be a list of words or one list per input, got {type(hotwords).__name__}")
+        if all(isinstance(h, (list, tuple)) for h in hotwords):
+            if len(hotwords) != num_inputs:
+                raise ValueError(f"hotwords has {len(hotwords)} lists for {num_inputs} inputs; give one list per "
+                                 "input, or one list of words for all")
+            return [list(h) for h in hotwords]
+        return [list(hotwords)] * num_inputs
 
     def _end_and_special_ids(self):
         """(ids that end a transcript: eos and pad, ids dropped anywhere: all special ids)"""

@@ -193,8 +193,10 @@ class _Rows:
     attention mask ([left padding][ones]) and the statistics. Stopping is `bounds` (generation_hubert_gpt.Bounds),
     as plain generate resolves it: eos, each row's max_new, eos barred before min_new, pad_id after the end."""
 
-    def __init__(self, language_model, inputs_embeds, attention_mask, position_ids, drafts, bounds, window, ngram):
+    def __init__(self, language_model, inputs_embeds, attention_mask, position_ids, drafts, bounds, window, ngram,
+                 hotwords=None):
         self.lm, self.bounds, self.device = language_model, bounds, inputs_embeds.device
+        self.hotwords = hotwords  # hotwords_hubert_gpt.Hotwords or None
         self.max_new = [int(x) for x in bounds.max_new]
         self.eos = set(bounds.eos_ids)
         self.prompt_len = inputs_embeds.shape[1]
@@ -301,6 +303,18 @@ def _bar_early_eos(rows, logits, first):
     return logits.masked_fill(too_early, float("-inf"))
 
 
+def _boost_hotwords(rows, step, logits, first):
+    """Each verified position's logits as the hotword processor makes them in plain decoding: the boost for the
+    tokens decided before it (the row's output, then the proposal up to there). logits (B_active, K, V)."""
+    if rows.hotwords is None:
+        return logits
+    logits = logits.float()
+    for b, (r, proposal) in enumerate(zip(rows.active, step.proposals)):
+        for j in range(min(len(proposal) + 1, logits.shape[1] - first[b])):
+            rows.hotwords.add_boost(logits[b, first[b] + j], r, rows.outputs[r] + proposal[:j])
+    return logits
+
+
 def verify(rows, step):
     """One LLM pass; per active row the greedy token at its first undecided position and after each proposed token:
     (B_active, span) lists (argmax: the first of ties, as generate)."""
@@ -314,7 +328,7 @@ def verify(rows, step):
     logits = logits[:, -keep:]  # (B_active, keep, V); logits index i <-> input index total_in - keep + i
     rows.stats["llm_forward_passes"] += 1
     first = [s - (total_in - keep) for s in starts]
-    logits = _bar_early_eos(rows, logits, first)
+    logits = _boost_hotwords(rows, step, _bar_early_eos(rows, logits, first), first)
     span = max(len(q) for q in step.proposals) + 1
     index = (torch.tensor(first)[:, None] + torch.arange(span)).clamp(max=keep - 1).to(rows.device)
     return logits.argmax(-1).gather(1, index).tolist()
@@ -372,14 +386,15 @@ def crop(rows, step):
 
 @torch.no_grad()
 def speculative_greedy_decode(language_model, inputs_embeds, attention_mask, position_ids, drafts, bounds,
-                              window=DEFAULT_WINDOW, ngram=True, streamer=None):
+                              window=DEFAULT_WINDOW, ngram=True, streamer=None, hotwords=None):
     """Greedy decoding of `language_model` after a left-padded embedded prompt, verifying `drafts`.
 
     inputs_embeds (B, L, D), attention_mask (B, L) (0 on the left padding), position_ids (B, L); drafts: B token
-    lists; bounds: `generation_hubert_gpt.Bounds` (max_new per row, min_new, eos_ids, pad_id).
+    lists; bounds: `generation_hubert_gpt.Bounds` (max_new per row, min_new, eos_ids, pad_id); hotwords:
+    `hotwords_hubert_gpt.Hotwords` (or None), whose boost every verified position gets, as in plain decoding.
     Returns (tokens (B, N) long padded with bounds.pad_id after each row's end, stats dict; see the module doc).
     """
-    rows = _Rows(language_model, inputs_embeds, attention_mask, position_ids, drafts, bounds, window, ngram)
+    rows = _Rows(language_model, inputs_embeds, attention_mask, position_ids, drafts, bounds, window, ngram, hotwords)
     if streamer is not None:
         streamer.put(torch.empty((1, 0), dtype=torch.long))  # the (empty) prompt, as generate() does
     while rows.active:
@@ -417,6 +432,7 @@ def ctc_draft_generate(
     ctc_draft_window=DEFAULT_WINDOW,
     ctc_draft_ngram=True,
     tokenizer=None,
+    hotwords=None,
 ):
     """`model.generate(input_values, attention_mask, ctc_draft=True, ...)`: same tokens as plain greedy generate.
 
@@ -425,7 +441,8 @@ def ctc_draft_generate(
     the call's remaining generate() keywords. draft_override: B token lists (or a callable SpeechPrompt -> lists)
     used instead of the CTC hypothesis (tests, experiments). ctc_draft_window: most draft tokens verified per row and
     pass. ctc_draft_ngram: prompt-lookup drafting once the CTC draft is used up. tokenizer: the LLM's tokenizer, for
-    a CTC head that spells characters. Statistics: `model.last_generate_stats` (see the module doc).
+    a CTC head that spells characters. hotwords: the call's `hotwords_hubert_gpt.Hotwords` (or None): verification
+    uses the boosted logits, so the output equals biased greedy decoding. Statistics: `model.last_generate_stats`.
     """
     if model.ctc_head is None and (draft_override is None or callable(draft_override)):
         raise ValueError(
@@ -455,6 +472,7 @@ def ctc_draft_generate(
     if len(drafts) != batch:
         raise ValueError(f"draft_override has {len(drafts)} drafts for {batch} utterances")
     tokens, stats = speculative_greedy_decode(model.language_model, embeds, prompt_mask, position_ids, drafts, bounds,
-                                              window=ctc_draft_window, ngram=ctc_draft_ngram, streamer=streamer)
+                                              window=ctc_draft_window, ngram=ctc_draft_ngram, streamer=streamer,
+                                              hotwords=hotwords)
     model.last_generate_stats = stats
     return tokens

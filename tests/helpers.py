@@ -68,6 +68,7 @@ sys.modules["modeling_hubert_gpt"] = None  # the package must not be importable:
 sys.modules["hubert_gpt_training"] = None
 from transformers import AutoConfig, AutoModel, AutoModelForSpeechSeq2Seq, AutoProcessor, pipeline
 folder, audio_dir = sys.argv[1], sys.argv[2]
+HOTWORDS = ["東京で", "先生は"]
 audios = [np.load(f"{audio_dir}/audio{i}.npy") for i in range(3)]
 config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
 model = AutoModelForSpeechSeq2Seq.from_pretrained(folder, trust_remote_code=True)
@@ -84,6 +85,7 @@ print(json.dumps({
     "decoded": processor.batch_decode(tokens, skip_special_tokens=True),
     "pipeline_text": [out["text"] for out in asr(audios, batch_size=2)],
     "pipeline_single": asr(audios[0])["text"],
+    "pipeline_hotwords": [out["text"] for out in asr(audios, batch_size=2, hotwords=HOTWORDS, hotword_boost=6.0)],
 }))
 """
 

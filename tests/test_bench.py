@@ -107,3 +107,49 @@ def test_timestamps_bench_reports_accuracy_lost_text_no_speech_and_cost(tmp_path
     assert result["no_speech_guards_on"]["clips"] == result["no_speech_guards_off"]["clips"] == 20
     assert result["long_file"]["seconds"] >= 6 and result["timestamp_cost_ratio_b16"] > 0
     assert '"files_30s_chunk8"' in stdout
+
+
+def test_hotwords_bench_reports_recall_leakage_gate_and_cost(tmp_path, tiny_tokenizer, tiny_feature_extractor):
+    import datasets
+    import soundfile
+    import torch
+    from helpers import make_audio, training_sentences
+
+    from hubert_gpt_training.tiny import tiny_config
+    from modeling_hubert_gpt import HubertGptForConditionalGeneration, HubertGptProcessor
+
+    torch.manual_seed(0)
+    texts = training_sentences(6, 0)
+    spoken, distractors = ["東京", "先生"], ["駅前", "彼女", "電車"]
+    chars = sorted(set("".join(texts + spoken + distractors)))
+    model = HubertGptForConditionalGeneration(
+        tiny_config("conv", tokenizer=tiny_tokenizer, ctc_head_config={"vocab": chars})).eval()
+    model.save_pretrained(tmp_path / "model")
+    HubertGptProcessor(feature_extractor=tiny_feature_extractor, tokenizer=tiny_tokenizer).save_pretrained(
+        tmp_path / "model")
+
+    def wavs(n, offset):
+        out = []
+        for i in range(n):
+            buffer = io.BytesIO()
+            soundfile.write(buffer, make_audio(0.8 + 0.1 * i, seed=offset + i), 16000, format="WAV")
+            out.append({"bytes": buffer.getvalue(), "path": None})
+        return out
+
+    split = datasets.Dataset.from_dict({"audio": wavs(6, 0), "transcription": texts}).cast_column(
+        "audio", datasets.Audio(16000, decode=False))
+    datasets.DatasetDict({"test": split}).save_to_disk(str(tmp_path / "data"))
+    said = [[spoken[i % 2]] for i in range(4)]
+    hotword_set = datasets.Dataset.from_dict({"audio": wavs(4, 10), "transcription": [n[0] + "です" for n in said],
+                                              "names": said}).cast_column("audio", datasets.Audio(16000, decode=False))
+    hotword_set.save_to_disk(str(tmp_path / "hotwords"))
+    (tmp_path / "hotwords" / "hotwords.json").write_text(json.dumps(
+        {"spoken": spoken, "distractors": distractors, "corpus": str(tmp_path / "data")}))
+    result, stdout = run_bench("hotwords.py", ["--model", str(tmp_path / "model"), "--hotword_set",
+                                               str(tmp_path / "hotwords"), "--batch_size", "4", "--boost", "6"], tmp_path)
+    assert result["hotword_utterances"] == 4 and result["test_utterances"] == 6 and result["distractors"] == 3
+    assert set(result["hotword_set"]) == {"none", "true_gated", "true_ungated", "true_and_distractors_gated",
+                                          "true_and_distractors_ungated", "distractors_gated", "distractors_ungated"}
+    assert result["test_split"]["plain"]["identical_to_plain"] == 1.0
+    assert 0 <= result["gate_true_names_let_through"] <= 1 and 0 <= result["gate_distractors_let_through"] <= 1
+    assert result["cost_b16_20_hotwords"]["gated"] > 0 and '"recall"' in stdout

@@ -50,6 +50,26 @@ def test_test_sentences_are_new_sentences_made_of_trained_words():
     assert train_words == {w for words in corpus.WORDS.values() for w in words}
 
 
+def test_hotword_set_holds_held_out_names_of_trained_characters_spoken_like_the_test_split(tmp_path):
+    folder = corpus.build(HOURS, str(tmp_path), seed=1, workers=1)
+    hotword_folder = corpus.build_hotword_set(folder, count=4, seed=1, workers=1)
+    assert corpus.build_hotword_set(folder, count=4, seed=1, workers=1) == hotword_folder  # reused
+    train = datasets.load_from_disk(folder)["train"]["transcription"]
+    data = datasets.load_from_disk(hotword_folder)
+    info = json.loads((Path(hotword_folder) / "hotwords.json").read_text())
+    assert len(data) == 4 and len(info["distractors"]) == corpus.DISTRACTORS
+    assert not set(info["spoken"]) & set(info["distractors"])
+    chars = set("".join(train))
+    for name in info["spoken"] + info["distractors"]:  # never in the training text, written with its characters
+        assert set(name) <= chars and not any(name in t for t in train)
+    for row in data:
+        assert row["names"] and all(n in row["transcription"] and n in info["spoken"] for n in row["names"])
+        assert not any(d in row["transcription"] for d in info["distractors"])
+        assert 0.97 <= row["speed"] <= 1.03 and -0.8 <= row["half_tone"] <= 0.8  # the test split's voices
+        planned = ("hotwords", row["transcription"], row["speed"], row["half_tone"])
+        assert corpus.synthesize(planned)[1] == row["audio"]["bytes"]
+
+
 def test_shortened_recipe_learns_and_writes_a_loadable_folder(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(

@@ -33,7 +33,7 @@ def test_folder_holds_safetensors_and_remote_code(saved):
     files = set(os.listdir(folder))
     assert {"model.safetensors", "config.json", "configuration_hubert_gpt.py", "modeling_hubert_gpt.py",
             "processing_hubert_gpt.py", "pipeline_hubert_gpt.py", "speculative_hubert_gpt.py",
-            "cache_hubert_gpt.py"} <= files
+            "cache_hubert_gpt.py", "hotwords_hubert_gpt.py"} <= files
     assert not any(f.endswith((".bin", ".pt")) for f in files)
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"]["AutoModel"] == config["auto_map"]["AutoModelForSpeechSeq2Seq"]
@@ -50,6 +50,10 @@ def test_fresh_process_loads_everything_and_transcribes_the_same(saved):
     assert got["tokens"] == expected.tolist()
     assert got["pipeline_text"] == got["decoded"] == processor.batch_decode(expected, skip_special_tokens=True)
     assert got["pipeline_single"] == got["decoded"][0]
+    # hotwords through the remote code, gated by this ctc-bridge model's token head, as in this process
+    in_process = model.generate(**processor(audio=audios, sampling_rate=16000, return_tensors="pt"),
+                                hotwords=["東京で", "先生は"], hotword_boost=6.0, tokenizer=processor.tokenizer)
+    assert got["pipeline_hotwords"] == processor.batch_decode(in_process, skip_special_tokens=True) != got["decoded"]
 
 
 def test_pipeline_in_process_equals_generate_and_resamples(saved):
