@@ -24,6 +24,8 @@ import math
 
 import torch
 
+from .ctc_head_hubert_gpt import require_ctc_head
+
 LEVELS = ("char", "word", True)
 PAUSE_SECONDS = 0.5  # return_timestamps=True: a pause this long between two characters starts a new segment
 
@@ -52,14 +54,6 @@ def seconds_per_frame(model):
     return math.prod(model.audio_tower.strides) / model.config.sampling_rate
 
 
-def require_ctc_head(model, what="Timestamps"):
-    if getattr(model, "ctc_head", None) is None:
-        raise ValueError(
-            f"{what} come from the CTC head, and this model has none (config.ctc_head_config is None). Models with "
-            "one: the ctc bridge (bridge_type='ctc'), a conv-bridge model trained with a CTC head (train_hf.py "
-            "--ctc_head, as the embedded default is), or ctc_head_config set when a model is built."
-        )
-    return model.ctc_head
 
 
 # --- labels of a transcript ------------------------------------------------------------------------------------------
@@ -179,7 +173,7 @@ def chunks_of(text, frames, level, frame_s, offset_s=0.0):
 
 def align_texts(model, log_probs, frame_lengths, texts, level="char", tokenizer=None, offsets_s=None):
     """Chunks with timestamps per transcript: log_probs (B, T, C) of the CTC head, frame_lengths (B,), B texts."""
-    head = require_ctc_head(model)
+    head = require_ctc_head(model, "Timestamps come from")
     check_level(level)
     frame_s = seconds_per_frame(model)
     out = []
@@ -192,7 +186,7 @@ def align_texts(model, log_probs, frame_lengths, texts, level="char", tokenizer=
 def align(model, input_values, attention_mask=None, transcripts=None, tokenizer=None, level="char"):
     """`model.align`: timestamps of given transcripts (B strings, or B rows of LLM token ids, decoded with
     `tokenizer`) for audio (B, S); a list of chunk lists (see the module doc)."""
-    require_ctc_head(model)
+    require_ctc_head(model, "Timestamps come from")
     check_level(level)
     if transcripts is None:
         raise ValueError("align needs the transcripts: B strings, or B rows of token ids with the tokenizer")

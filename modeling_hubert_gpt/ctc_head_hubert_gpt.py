@@ -22,6 +22,18 @@ from torch import nn
 DEFAULT_OPTIONS = {"vocab": None, "kernel_size": 1, "blank_id": None}
 
 
+def require_ctc_head(model, what):
+    """model.ctc_head, or a ValueError saying that `what` (e.g. "Timestamps come from") needs one and which models
+    have one: the one wording for every reader of the head (timestamps, guards, hotwords, posteriors)."""
+    if getattr(model, "ctc_head", None) is None:
+        raise ValueError(
+            f"{what} the CTC head, and this model has none (config.ctc_head_config is None). Models with one: the ctc "
+            "bridge (bridge_type='ctc'), a conv-bridge model trained with a CTC head (train_hf.py --ctc_head, as the "
+            "embedded default is), or ctc_head_config set when a model is built."
+        )
+    return model.ctc_head
+
+
 def check_ctc_head_options(options, text_vocab_size):
     """`config.ctc_head_config` -> complete, checked options (blank_id resolved)."""
     options = dict(options or {})

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .ctc_head_hubert_gpt import require_ctc_head
+
 DEFAULT_NO_SPEECH_THRESHOLD = 1.0  # expected CTC labels: below one character, nothing was said
 LOOP_RATIO, LOOP_BASE = 1.5, 8
 MIN_REPEATS, MAX_REPEAT_UNIT = 3, 8
@@ -109,10 +111,7 @@ def resolve_guards(model, kwargs):
         asked = [name for name, value in (("no_speech_threshold", threshold), ("loop_guard", loop))
                  if value not in (_UNSET, None, False)]
         if asked:
-            raise ValueError(
-                f"{asked} read the CTC head, and this model has none (config.ctc_head_config is None); models with one: "
-                "the ctc bridge, or a conv-bridge model trained with a CTC head (train_hf.py --ctc_head, as the "
-                "embedded default is)")
+            require_ctc_head(model, f"{asked} read")
         return Guards(None, False)
     config = model.generation_config
     if threshold is _UNSET:

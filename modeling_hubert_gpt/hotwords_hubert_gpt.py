@@ -35,6 +35,8 @@ import weakref
 import torch
 from transformers import LogitsProcessor
 
+from .ctc_head_hubert_gpt import require_ctc_head
+
 DEFAULT_BOOST = 3.0  # added over a whole word's tokens to their logits (each token its share of the characters)
 DEFAULT_THRESHOLD = -1.0  # keyword score (mean log-ratio per label) a word needs to be active
 START_SLACK, START_SLACK_RATIO = 4, 0.2  # how far (characters) from where the head heard it a word may start
@@ -292,8 +294,7 @@ def resolve_hotwords(model, kwargs, batch, tokenizer):
                          "tokenizer=processor.tokenizer) (the pipeline passes its own)")
     if model.ctc_head is None:
         if threshold not in (_UNSET, None):
-            raise ValueError("hotword_threshold gates hotwords with the CTC head, and this model has none "
-                             "(config.ctc_head_config is None)")
+            require_ctc_head(model, "hotword_threshold gates hotwords with")
         warnings.warn("this model has no CTC head, so hotwords are boosted everywhere (plain shallow fusion): they may "
                       "appear in transcripts where they were not said", UserWarning, stacklevel=3)
         threshold = None

@@ -296,9 +296,10 @@ class HubertGptASRPipeline(Pipeline):
         **more_generate_kwargs,
     ):
         if return_timestamps is not None and return_timestamps is not False:
-            from .alignment_hubert_gpt import check_level, load_torchaudio, require_ctc_head
+            from .alignment_hubert_gpt import check_level, load_torchaudio
+            from .ctc_head_hubert_gpt import require_ctc_head
 
-            require_ctc_head(self.model)
+            require_ctc_head(self.model, "Timestamps come from")
             check_level(return_timestamps)
             load_torchaudio()  # a missing or mismatched torchaudio fails before any audio is read
         if return_language:
