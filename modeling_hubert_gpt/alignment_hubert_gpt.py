@@ -25,6 +25,7 @@ import math
 import torch
 
 from .ctc_head_hubert_gpt import require_ctc_head
+from .segments_hubert_gpt import quiet_frames
 
 LEVELS = ("char", "word", True)
 PAUSE_SECONDS = 0.5  # return_timestamps=True: a pause this long between two characters starts a new segment
@@ -93,12 +94,51 @@ def label_frames(log_probs, labels, blank):
     return [(span.start, span.end) for span in spans]
 
 
-def char_frames(ctc_head, log_probs, text, tokenizer=None):
-    """Per character of `text`: its (start, end) frames, or None for a character the head does not place."""
+def snap_into_sound(spans, quiet):
+    """Spike spans [(start, end)] in order -> a spike that lies wholly in `quiet` frames moved onto the last sounding
+    frame after the previous spike (a head often fires a sentence's last character late, in the pause after it), or,
+    with none there, onto the first sounding frame before the next spike."""
+    out = []
+    for k, (start, end) in enumerate(spans):
+        if not any(not q for q in quiet[start:end]):
+            low = out[-1][1] if out else 0
+            high = spans[k + 1][0] if k + 1 < len(spans) else len(quiet)
+            before = [t for t in range(low, start) if not quiet[t]]
+            after = [t for t in range(end, high) if not quiet[t]]
+            if before or after:
+                start = before[-1] if before else after[0]
+                end = start + 1
+        out.append((start, end))
+    return out
+
+
+def widen_to_sound(spans, quiet):
+    """Spike spans [(start, end)] in order -> each on its sound (`snap_into_sound`) and widened over the sounding
+    (not `quiet`) frames next to it: its end up to the next label's spike, its start back to the previous label's
+    (widened) end. A CTC head fires a label on a frame or two of its sound; a sentence's first and last sounds then
+    get their whole extent, and a label ends where a pause begins."""
+    spans, out = snap_into_sound(spans, quiet), []
+    for k, (start, end) in enumerate(spans):
+        low = out[-1][1] if out else 0
+        high = spans[k + 1][0] if k + 1 < len(spans) else len(quiet)
+        while start > low and not quiet[start - 1]:
+            start -= 1
+        while end < high and not quiet[end]:
+            end += 1
+        out.append((start, end))
+    return out
+
+
+def char_frames(ctc_head, log_probs, text, tokenizer=None, quiet=None):
+    """Per character of `text`: its (start, end) frames, or None for a character the head does not place. With
+    `quiet` ((T,) bool: frames without sound), labels are widened over the sound around them (`widen_to_sound`)."""
     labels, ranges = transcript_labels(ctc_head, text, tokenizer)
     count = fitting(labels, log_probs.shape[0])
+    spans = label_frames(log_probs, labels[:count], ctc_head.blank_id)
+    if quiet is not None:
+        spans = widen_to_sound(spans, quiet.tolist())
     frames = [None] * len(text)
-    for (a, b), span in zip(ranges, label_frames(log_probs, labels[:count], ctc_head.blank_id)):
+    for (a, b), span in zip(ranges, spans):
         for k in range(a, b):
             frames[k] = span
     return frames
@@ -171,14 +211,16 @@ def chunks_of(text, frames, level, frame_s, offset_s=0.0):
     return chunks
 
 
-def align_texts(model, log_probs, frame_lengths, texts, level="char", tokenizer=None, offsets_s=None):
-    """Chunks with timestamps per transcript: log_probs (B, T, C) of the CTC head, frame_lengths (B,), B texts."""
+def align_texts(model, log_probs, frame_lengths, texts, level="char", tokenizer=None, offsets_s=None, quiet=None):
+    """Chunks with timestamps per transcript: log_probs (B, T, C) of the CTC head, frame_lengths (B,), B texts;
+    `quiet` (B, T) bool (`quiet_frames` of each input) widens labels over their sound."""
     head = require_ctc_head(model, "Timestamps come from")
     check_level(level)
     frame_s = seconds_per_frame(model)
     out = []
     for b, text in enumerate(texts):
-        frames = char_frames(head, log_probs[b, : int(frame_lengths[b])], text, tokenizer)
+        n = int(frame_lengths[b])
+        frames = char_frames(head, log_probs[b, :n], text, tokenizer, None if quiet is None else quiet[b, :n])
         out.append(chunks_of(text, frames, level, frame_s, 0.0 if offsets_s is None else offsets_s[b]))
     return out
 
@@ -197,4 +239,13 @@ def align(model, input_values, attention_mask=None, transcripts=None, tokenizer=
     posteriors = model.ctc_posteriors(input_values, attention_mask)
     if len(transcripts) != posteriors.log_probs.shape[0]:
         raise ValueError(f"{len(transcripts)} transcripts for {posteriors.log_probs.shape[0]} utterances")
-    return align_texts(model, posteriors.log_probs, posteriors.frame_lengths, list(transcripts), level, tokenizer)
+    quiet = batch_quiet(model, input_values, attention_mask, posteriors.log_probs.shape[1])
+    return align_texts(model, posteriors.log_probs, posteriors.frame_lengths, list(transcripts), level, tokenizer,
+                       quiet=quiet)
+
+
+def batch_quiet(model, input_values, attention_mask, num_frames):
+    """(B, num_frames) bool: `quiet_frames` of each row of input_values (B, S) over its own samples."""
+    hop = math.prod(model.audio_tower.strides)
+    samples = [input_values.shape[1]] * len(input_values) if attention_mask is None else attention_mask.sum(-1).tolist()
+    return torch.stack([quiet_frames(row[: int(n)].cpu(), hop, num_frames) for row, n in zip(input_values, samples)])

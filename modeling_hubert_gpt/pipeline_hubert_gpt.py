@@ -229,7 +229,9 @@ class _Chunk:
     total: int
     overlapping: bool = False
     whole_posteriors: torch.Tensor | None = None  # (T, C) of the whole input
+    whole_quiet: torch.Tensor | None = None  # (T,) bool: its frames without sound
     posteriors: torch.Tensor | None = None  # (T_k, C) of this piece
+    quiet: torch.Tensor | None = None  # (T_k,) bool
 
 
 class HubertGptASRPipeline(Pipeline):
@@ -379,9 +381,9 @@ class HubertGptASRPipeline(Pipeline):
         if getattr(self.model, "ctc_head", None) is not None and len(audio) > chunk_len:
             from .segments_hubert_gpt import cut_at_pauses
 
-            spans, whole = cut_at_pauses(self.model, audio, chunk_len, self._hop())
+            spans, whole, quiet = cut_at_pauses(self.model, self.feature_extractor, audio, chunk_len, self._hop())
             chunks = [_Chunk(audio[start:end], start, len(audio)) for start, end in spans]
-            chunks[0].whole_posteriors = whole
+            chunks[0].whole_posteriors, chunks[0].whole_quiet = whole, quiet
             return chunks
         spans = chunk_spans(len(audio), chunk_len, overlap, multiple=self._hop())
         return [_Chunk(audio[start:end], start, len(audio), overlapping=True) for start, end in spans]
@@ -429,10 +431,13 @@ class HubertGptASRPipeline(Pipeline):
             attention_mask = features["attention_mask"].to(self.device, torch.long)  # (B, S)
             speech = {}
             if return_timestamps:  # the CTC head read once, for the guards and for the timestamps
+                from .alignment_hubert_gpt import batch_quiet
+
                 speech["speech_prompt"] = self.model.encode_speech(input_values, attention_mask, ctc_head=True)
                 log_probs = speech["speech_prompt"].ctc_logits.float().log_softmax(-1).cpu()  # (B, T, C)
-                for chunk, rows, n in zip(chunks, log_probs, speech["speech_prompt"].frame_lengths.tolist()):
-                    chunk.posteriors = rows[:n]
+                quiet = batch_quiet(self.model, input_values, attention_mask, log_probs.shape[1])  # (B, T)
+                for chunk, rows, still, n in zip(chunks, log_probs, quiet, speech["speech_prompt"].frame_lengths.tolist()):
+                    chunk.posteriors, chunk.quiet = rows[:n], still[:n]
             out = self.model.generate(input_values=input_values, attention_mask=attention_mask, **speech, **generate_kwargs)
             if not isinstance(out, torch.Tensor):  # return_dict_in_generate=True
                 out = out.sequences
@@ -485,12 +490,16 @@ class HubertGptASRPipeline(Pipeline):
         if return_timestamps:
             from .alignment_hubert_gpt import align_texts
 
+            hop = self._hop()
             stitched = [p[0].whole_posteriors if p[0].whole_posteriors is not None else
-                        stitch_posteriors([(c.start, c.total, c.posteriors) for c in p], self._hop()) for p in pieces]
+                        stitch_posteriors([(c.start, c.total, c.posteriors) for c in p], hop) for p in pieces]
+            quiet = [p[0].whole_quiet if p[0].whole_quiet is not None else  # (T, 1) -> (T,)
+                     stitch_posteriors([(c.start, c.total, c.quiet[:, None]) for c in p], hop)[:, 0] for p in pieces]
             lengths = torch.tensor([len(p) for p in stitched])
             log_probs = torch.nn.utils.rnn.pad_sequence(stitched, batch_first=True)  # (inputs, T, C)
+            quiet = torch.nn.utils.rnn.pad_sequence(quiet, batch_first=True, padding_value=True)  # (inputs, T)
             for out, found in zip(outputs, align_texts(self.model, log_probs, lengths, [o["text"] for o in outputs],
-                                                       return_timestamps, self.tokenizer)):
+                                                       return_timestamps, self.tokenizer, quiet=quiet)):
                 out["chunks"] = found
         return outputs
 

@@ -3,8 +3,11 @@
 Fixed chunks cut sentences in two, and an LLM trained on one sentence at a time tends to write the first sentence
 of a chunk and stop: a chunked transcription then loses text. With a CTC head the pipeline instead reads the whole
 input's CTC posteriors (in windows the model can take, stitched) and cuts the audio in the middle of every pause
-of at least PAUSE_SECONDS (frames whose blank probability exceeds PAUSE_BLANK_PROB); a stretch longer than the
-chunk length is cut further at its longest pause, or, with none, into equal parts. Each piece is transcribed as an
+of at least PAUSE_SECONDS; a stretch longer than the chunk length is cut further at its longest pause, or, with none,
+into equal parts. A pause frame is one the head gives to blank (probability above PAUSE_BLANK_PROB) AND a quiet one
+(`quiet_frames`): a CTC head is peaky, and between the spikes of one word it says blank for as long as a pause lasts,
+so blank alone would cut sentences in their middle. The posteriors are read from the input as the feature extractor
+gives it to the model (normalised once, over the whole input). Each piece is transcribed as an
 utterance of its own; the transcripts are joined without any overlap to merge, and timestamps come from the same
 whole-input posteriors.
 
@@ -15,6 +18,7 @@ import torch
 
 PAUSE_SECONDS = 0.3
 PAUSE_BLANK_PROB = 0.9
+QUIET_FRACTION = 0.25  # quiet: below the input's floor level + this fraction of its floor-to-loud range (in dB)
 
 
 def pause_runs(is_pause):
@@ -43,13 +47,35 @@ def split_long(start, end, runs, max_frames):
     return split_long(start, cut, runs, max_frames) + split_long(cut, end, runs, max_frames)
 
 
-def pause_segments(log_probs, blank_id, max_frames, frame_s):
+def quiet_frames(audio, hop, num_frames):
+    """(num_frames,) bool: frame t (samples t*hop .. (t+1)*hop of a 1-D tensor) is quiet. Levels are in dB (floored at
+    -100); floor and loud are the 5th and 95th percentiles of the input's frame levels, so the rule holds at any
+    recording level and noise floor."""
+    usable = min(len(audio) // hop, num_frames)
+    if usable == 0:
+        return torch.zeros(num_frames, dtype=torch.bool)
+    frames = audio[: usable * hop].float().reshape(usable, hop)  # (usable, hop)
+    level = 10 * torch.log10(frames.pow(2).mean(-1).clamp_min(1e-10))  # (usable,)
+    floor, loud = torch.quantile(level, torch.tensor([0.05, 0.95]))
+    quiet = level < floor + QUIET_FRACTION * (loud - floor)
+    return torch.cat([quiet, quiet.new_ones(num_frames - usable)])  # a partial last frame: the input's end
+
+
+def pause_segments(log_probs, blank_id, max_frames, frame_s, quiet=None):
     """(start, end) frame spans covering log_probs' (T, C) T frames, cut in the middle of each pause of at least
-    PAUSE_SECONDS and then to at most max_frames each."""
-    is_pause = (log_probs[:, blank_id].exp() > PAUSE_BLANK_PROB).tolist()
+    PAUSE_SECONDS between two frames where the head writes a label, and then to at most max_frames each. A pause
+    frame: blank above PAUSE_BLANK_PROB and, where `quiet` ((T,) bool) is given, quiet (and a frame with a label
+    counts as speech only where it is not quiet)."""
+    is_pause = log_probs[:, blank_id].exp() > PAUSE_BLANK_PROB
+    spoken = log_probs.argmax(-1) != blank_id  # (T,): the head writes a label here
+    if quiet is not None:
+        is_pause &= quiet
+        spoken &= ~quiet
+    is_pause = is_pause.tolist()
     runs = pause_runs(is_pause)
     min_run = PAUSE_SECONDS / frame_s
-    cuts = [(a + b) // 2 for a, b in runs if b - a >= min_run and a > 0 and b < len(is_pause)]
+    said = spoken.nonzero()[:, 0].tolist()  # a cut needs speech on both sides: no piece of silence alone
+    cuts = [(a + b) // 2 for a, b in runs if b - a >= min_run and said and said[0] < a and b <= said[-1]]
     bounds = [0] + cuts + [len(is_pause)]
     segments = []
     for a, b in zip(bounds, bounds[1:]):
@@ -57,28 +83,32 @@ def pause_segments(log_probs, blank_id, max_frames, frame_s):
     return [(a, b) for a, b in segments if b > a]
 
 
-def whole_posteriors(model, audio, window, overlap, hop):
-    """The CTC head's log-posteriors (T, C) over a long 1-D float tensor `audio`, computed in windows of `window`
-    samples overlapping by `overlap` (multiples of `hop`) and stitched in the middle of each overlap."""
+def whole_posteriors(model, values, window, overlap, hop):
+    """The CTC head's log-posteriors (T, C) over a long input's 1-D `values` (as the feature extractor gives them),
+    computed in windows of `window` samples overlapping by `overlap` (multiples of `hop`), stitched in the middle of
+    each overlap."""
     from .pipeline_hubert_gpt import chunk_spans, stitch_posteriors  # relative imports: the files are saved alongside
 
-    spans = chunk_spans(len(audio), window, overlap, multiple=hop)
+    spans = chunk_spans(len(values), window, overlap, multiple=hop)
     parts = []
     for start, end in spans:
-        posteriors = model.ctc_posteriors(audio[None, start:end].to(model.device, model.dtype))
-        parts.append((start, len(audio), posteriors.log_probs[0].cpu()))
+        posteriors = model.ctc_posteriors(values[None, start:end].to(model.device, model.dtype))
+        parts.append((start, len(values), posteriors.log_probs[0].cpu()))
     return stitch_posteriors(parts, hop)
 
 
 @torch.no_grad()
-def cut_at_pauses(model, audio, chunk_len, hop):
-    """A long input's pieces cut at pauses: ([(start sample, end sample)], whole-input log-posteriors (T, C))."""
+def cut_at_pauses(model, feature_extractor, audio, chunk_len, hop):
+    """A long input's pieces cut at pauses: ([(start sample, end sample)], whole-input log-posteriors (T, C), its quiet
+    frames (T,) bool)."""
     from .alignment_hubert_gpt import seconds_per_frame
 
-    audio = torch.as_tensor(audio)
+    values = feature_extractor(audio, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")
+    values = values["input_values"][0]  # (S,): normalised as the model is given it, where the extractor does
     overlap = min(chunk_len // 3 // hop * hop, 2 * model.config.sampling_rate // hop * hop)
-    log_probs = whole_posteriors(model, audio, chunk_len, overlap, hop)
-    segments = pause_segments(log_probs, model.ctc_head.blank_id, chunk_len // hop, seconds_per_frame(model))
+    log_probs = whole_posteriors(model, values, chunk_len, overlap, hop)
+    quiet = quiet_frames(values, hop, len(log_probs))
+    segments = pause_segments(log_probs, model.ctc_head.blank_id, chunk_len // hop, seconds_per_frame(model), quiet)
     cuts = [a * hop for a, _ in segments[1:]]
     shortest = model.min_input_samples
     kept = []  # cuts that leave every piece at least the model's shortest input
@@ -86,4 +116,4 @@ def cut_at_pauses(model, audio, chunk_len, hop):
         if cut - (kept[-1] if kept else 0) >= shortest and len(audio) - cut >= shortest:
             kept.append(cut)
     edges = [0] + kept + [len(audio)]
-    return list(zip(edges, edges[1:])), log_probs
+    return list(zip(edges, edges[1:])), log_probs, quiet

@@ -6,12 +6,14 @@ import sys
 import pytest
 import torch
 from helpers import make_audio
+from transformers import Wav2Vec2FeatureExtractor
 from test_model import padded_batch
 
 from hubert_gpt_training.tiny import tiny_config
 from modeling_hubert_gpt import HubertGptASRPipeline, HubertGptForConditionalGeneration
 from modeling_hubert_gpt.alignment_hubert_gpt import align_texts, char_frames
 from modeling_hubert_gpt.pipeline_hubert_gpt import chunk_spans, stitch_posteriors
+from modeling_hubert_gpt.segments_hubert_gpt import pause_segments, quiet_frames
 
 VOCAB = ["あ", "い", "う", "え"]
 BLANK = len(VOCAB)
@@ -133,21 +135,22 @@ def test_stitched_chunk_posteriors_equal_the_whole_audio_away_from_chunk_edges(t
     torch.testing.assert_close(stitched, whole, atol=1e-4, rtol=1e-4)
 
 
-def test_chunked_pipeline_timestamps_are_global_monotonic_and_match_the_unchunked_run(tiny_tokenizer,
-                                                                                        tiny_feature_extractor):
+@pytest.mark.parametrize("do_normalize", [False, True])  # True: the embedded default's extractor
+def test_chunked_pipeline_timestamps_are_global_monotonic_and_match_the_unchunked_run(tiny_tokenizer, do_normalize):
     model = local_model(tiny_tokenizer)
-    asr = HubertGptASRPipeline(model=model, tokenizer=tiny_tokenizer, feature_extractor=tiny_feature_extractor)
-    audio = make_audio(6.0, seed=3)
+    extractor = Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=do_normalize, return_attention_mask=True)
+    asr = HubertGptASRPipeline(model=model, tokenizer=tiny_tokenizer, feature_extractor=extractor)
+    audio = make_audio(6.0, seed=3) * 0.05  # a quiet recording: normalising changes what the head hears
     chunked = asr(audio, chunk_length_s=2.0, stride_length_s=0.5, return_timestamps="char")
     starts = [c["timestamp"][0] for c in chunked["chunks"] if c["timestamp"][0] is not None]
     ends = [c["timestamp"][1] for c in chunked["chunks"] if c["timestamp"][1] is not None]
     assert starts == sorted(starts) and ends == sorted(ends) and ends[-1] <= 6.0
     assert starts[-1] > 2.0  # times of later chunks carry their offset
-    whole = model.ctc_posteriors(torch.from_numpy(audio)[None])
-    [unchunked] = align_texts(model, whole.log_probs, whole.frame_lengths, [chunked["text"]], "char", tiny_tokenizer)
+    values = extractor(audio, sampling_rate=16000, return_tensors="pt")["input_values"]  # (1, S)
+    [unchunked] = model.align(values, transcripts=[chunked["text"]], tokenizer=tiny_tokenizer)
     assert [c["text"] for c in unchunked] == [c["text"] for c in chunked["chunks"]]
-    for a, b in zip(unchunked, chunked["chunks"]):
-        assert abs(a["timestamp"][0] - b["timestamp"][0]) <= 0.02 and abs(a["timestamp"][1] - b["timestamp"][1]) <= 0.02
+    for a, b in zip(unchunked, chunked["chunks"]):  # within one encoder frame (20 ms)
+        assert abs(a["timestamp"][0] - b["timestamp"][0]) < 0.021 and abs(a["timestamp"][1] - b["timestamp"][1]) < 0.021
 
 
 def test_models_without_a_ctc_head_get_clear_errors(tiny_tokenizer, tiny_feature_extractor):
@@ -166,3 +169,48 @@ def test_models_without_a_ctc_head_get_clear_errors(tiny_tokenizer, tiny_feature
     assert model.generate(values, mask, no_speech_threshold=None, loop_guard=False).shape[0] == 3  # "off" is fine
     with pytest.raises(ValueError, match='"char", "word" or True'):
         char_model(tiny_tokenizer).align(values, mask, ["a", "b", "c"], level="segment")
+
+
+def test_pauses_are_cut_only_where_the_head_says_blank_and_the_audio_is_quiet():
+    """A peaky head says blank for 0.4 s inside loud speech (frames 10-30) and in a silent gap (frames 50-70): only the
+    gap is a pause. Frames of 20 ms (320 samples)."""
+    frames = [BLANK] * 100
+    frames[5], frames[31], frames[45], frames[75], frames[95] = 0, 1, 2, 3, 0
+    log_probs = posteriors(frames)  # (100, 5)
+    loud = torch.from_numpy(make_audio(2.0, seed=1))  # 100 frames of sound
+    audio = loud.clone()
+    audio[50 * 320 : 70 * 320] = 1e-4 * torch.randn(20 * 320, generator=torch.Generator().manual_seed(0))
+    quiet = quiet_frames(audio, 320, 100)
+    assert quiet[50:70].all() and quiet[:50].float().mean() < 0.3 and quiet[70:].float().mean() < 0.3
+    assert pause_segments(log_probs, BLANK, 100, 0.02, quiet) == [(0, 60), (60, 100)]
+    assert pause_segments(log_probs, BLANK, 100, 0.02) == [(0, 18), (18, 60), (60, 85), (85, 100)]  # blank alone: mid-word
+    assert quiet_frames(audio * 1000, 320, 100).tolist() == quiet.tolist()  # any recording level
+    short = quiet_frames(audio[:1000], 320, 5)  # 3 whole frames of 320 samples; frames past the samples: quiet
+    assert short.shape == (5,) and short[3:].tolist() == [True, True]
+    assert not quiet_frames(audio[:100], 320, 2).any()  # no whole frame: nothing to call quiet or loud
+
+
+def test_labels_are_widened_over_their_sound_up_to_their_neighbours_and_the_pauses():
+    model = char_model()
+    log_probs, lengths = constructed()  # spikes: あ 2-3, い 5, う 8, え 40-41
+    quiet = torch.zeros(1, 50, dtype=torch.bool)
+    quiet[0, :2] = quiet[0, 10:38] = quiet[0, 43:] = True  # sound on frames 2-9 and 38-42
+    [chunks] = align_texts(model, log_probs, lengths, ["あいうえ"], "char", quiet=quiet)
+    assert [c["timestamp"] for c in chunks] == [(0.04, 0.1), (0.1, 0.16), (0.16, 0.2), (0.76, 0.86)]
+    [plain] = align_texts(model, log_probs, lengths, ["あいうえ"], "char")
+    assert [c["timestamp"] for c in plain] == [(0.04, 0.08), (0.1, 0.12), (0.16, 0.18), (0.8, 0.84)]  # spikes only
+    quiet[0, 7:10] = True  # う's spike (8) in a pause: moved onto the last sound after い's spike (frame 6)
+    quiet[0, 38:41] = True  # え's spike (40-41) half in a pause: kept (a spike that touches sound is on its sound)
+    [chunks] = align_texts(model, log_probs, lengths, ["あいうえ"], "char", quiet=quiet)
+    assert [c["timestamp"] for c in chunks] == [(0.04, 0.1), (0.1, 0.12), (0.12, 0.14), (0.8, 0.86)]
+
+
+def test_no_cut_leaves_a_piece_without_speech():
+    """Pauses before the first label and after the last one are not cut, even where the head fires a label in the
+    silence at the input's end (frame 99, quiet)."""
+    frames = [BLANK] * 100
+    frames[30], frames[60], frames[99] = 0, 1, 2
+    quiet = torch.ones(100, dtype=torch.bool)
+    quiet[25:35] = quiet[55:65] = False
+    assert pause_segments(posteriors(frames), BLANK, 100, 0.02, quiet) == [(0, 45), (45, 100)]
+    assert pause_segments(posteriors([BLANK] * 100), BLANK, 100, 0.02, quiet) == [(0, 100)]  # no speech: no cut
