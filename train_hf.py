@@ -111,6 +111,10 @@ class RunArguments:
                 "better drafts for ctc_draft, same transcripts"})
     draft_head_fit_utterances: int = field(default=1500, metadata={
         "help": "training utterances whose encoder output the refit keeps in memory"})
+    draft_head_fit_joined: int = field(default=0, metadata={
+        "help": "the refit also reads this many rows of 2-3 of those utterances spoken in a row (0-0.6 s apart): the "
+                "head learns to place a sentence's last character where it is spoken, which timestamps and the "
+                "pause cuts of long audio need"})
 
 
 SMOKE = dict(max_steps=60, per_device_train_batch_size=8, per_device_eval_batch_size=16, learning_rate=3e-3,
@@ -124,7 +128,8 @@ RECIPE = dict(max_steps=4000, per_device_train_batch_size=16, per_device_eval_ba
 # Per bridge: the conv bridge gets a CTC draft head trained alone (a small weight is enough: its loss only
 # trains the head); the ctc bridge's own head trains the encoder at full weight.
 RECIPE_BY_BRIDGE = {"conv": dict(ctc_head=True, ctc_head_chars=True, ctc_trains_encoder=False,
-                                 ctc_head_kernel_size=5, ctc_loss_weight=0.01, draft_head_fit_steps=6000),
+                                 ctc_head_kernel_size=5, ctc_loss_weight=0.01, draft_head_fit_steps=6000,
+                                 draft_head_fit_joined=750),
                     "ctc": dict(ctc_loss_weight=1.0)}
 PRESETS = {"smoke": SMOKE, "recipe": RECIPE}
 
@@ -462,7 +467,8 @@ def refit_draft_head(model, train, collator, rargs, margs, targs):
     from hubert_gpt_training.draft_head import fit_draft_head
 
     rows = list(itertools.islice(iter(train), rargs.draft_head_fit_utterances))
-    return fit_draft_head(model, rows, collator, steps=rargs.draft_head_fit_steps, seed=targs.seed)
+    return fit_draft_head(model, rows, collator, steps=rargs.draft_head_fit_steps, seed=targs.seed,
+                          joined=rargs.draft_head_fit_joined)
 
 
 def run(argv):

@@ -1,22 +1,43 @@
 """Fit a model's CTC draft head on its trained encoder, after training (the rest of the model is untouched)."""
 
 import logging
+import random
 
+import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
 logger = logging.getLogger(__name__)
 
 
-def fit_draft_head(model, rows, collator, steps=3000, batch_size=16, lr=2e-3, seed=0):
-    """Train only `model.ctc_head` for `steps` Adam steps on the encoder's output for `rows`.
+def joined_rows(rows, count, seed=0, sampling_rate=16000, per_row=(2, 3), pause_s=(0.0, 0.6)):
+    """`count` rows of 2-3 of `rows` spoken one after another with 0-0.6 s of silence between them (their own edge
+    silence adds to it); text joined without a separator. Deterministic for a seed."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        picked = rng.sample(rows, min(len(rows), rng.randint(*per_row)))
+        pieces = []
+        for k, row in enumerate(picked):
+            if k:
+                pieces.append(np.zeros(int(rng.uniform(*pause_s) * sampling_rate), dtype=np.float32))
+            pieces.append(np.asarray(row["audio"], dtype=np.float32))
+        out.append({"audio": np.concatenate(pieces), "text": "".join(row["text"] for row in picked)})
+    return out
+
+
+def fit_draft_head(model, rows, collator, steps=3000, batch_size=16, lr=2e-3, seed=0, joined=0):
+    """Train only `model.ctc_head` for `steps` Adam steps on the encoder's output for `rows` (plus `joined` rows of
+    2-3 of them spoken in a row, `joined_rows`).
 
     For a CTC head the bridge does not use (a draft head next to a conv bridge).
     A draft head trained with its gradient stopped (`ctc_trains_encoder=False`) spends training chasing an
     encoder that is still learning; refitted on the final encoder it drafts far better. The encoder runs once over
     `rows` (a list of training rows as the collator takes them; their hidden states are kept in memory: pass as
     many as fit); the CTC steps then only touch the head. Transcripts do not change (the prompt does not depend on
-    the head); speculative decoding's drafts do. Returns {"utterances", "steps", "ctc_loss_first", "ctc_loss_last"}
+    the head); speculative decoding's drafts do. The joined rows teach the head to place a sentence's last
+    character where it is spoken, not at the input's end (a head that has only seen single sentences waits for the
+    end: timestamps and pause cuts of multi-sentence audio need it in place). Returns {"utterances", "steps", "ctc_loss_first", "ctc_loss_last"}
     (mean CTC loss over the first and the last 10% of the steps).
     """
     if steps < 1 or not rows:
@@ -31,7 +52,7 @@ def fit_draft_head(model, rows, collator, steps=3000, batch_size=16, lr=2e-3, se
     model.eval()
     device = next(head.parameters()).device
     hidden, targets = [], []
-    rows = sorted(rows, key=lambda row: len(row["audio"]))  # similar lengths per batch: little padding
+    rows = sorted(list(rows) + joined_rows(rows, joined, seed), key=lambda row: len(row["audio"]))  # similar lengths per batch: little padding
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
             batch = collator(rows[start : start + batch_size])

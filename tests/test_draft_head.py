@@ -1,11 +1,12 @@
 """hubert_gpt_training.draft_head: refitting a conv model's CTC draft head (model.ctc_head) touches nothing else."""
 
+import numpy as np
 import pytest
 import torch
 from helpers import make_audio
 
 from hubert_gpt_training.data import SpeechCollator
-from hubert_gpt_training.draft_head import fit_draft_head
+from hubert_gpt_training.draft_head import fit_draft_head, joined_rows
 from hubert_gpt_training.tiny import tiny_config
 from modeling_hubert_gpt import HubertGptForConditionalGeneration
 
@@ -61,7 +62,7 @@ def test_train_hf_refits_only_a_head_trained_alone_that_the_bridge_does_not_use(
     torch.manual_seed(0)
     rows = [{"audio": make_audio(0.6 + 0.1 * i, seed=i), "text": t} for i, t in enumerate(TEXTS)]
     collator = SpeechCollator(tiny_processor)
-    rargs = SimpleNamespace(draft_head_fit_steps=3, draft_head_fit_utterances=4)
+    rargs = SimpleNamespace(draft_head_fit_steps=3, draft_head_fit_utterances=4, draft_head_fit_joined=2)
     targs = SimpleNamespace(deepspeed=None, world_size=1, seed=0)
 
     def refit(model, trains_encoder):
@@ -75,6 +76,33 @@ def test_train_hf_refits_only_a_head_trained_alone_that_the_bridge_does_not_use(
     draft = HubertGptForConditionalGeneration(tiny_config("conv", tokenizer=tokenizer, ctc_head_config={}))
     assert refit(draft, trains_encoder=True) == (None, set())  # its loss trained the encoder: joint CTC, kept
     report, changed = refit(draft, trains_encoder=False)
-    assert report["steps"] == 3 and changed == {"ctc_head.out.weight", "ctc_head.out.bias"}
+    assert report["steps"] == 3 and report["utterances"] == 4 + 2
+    assert changed == {"ctc_head.out.weight", "ctc_head.out.bias"}
     for config in (tiny_config("conv", tokenizer=tokenizer), tiny_config("ctc", tokenizer=tokenizer)):
         assert refit(HubertGptForConditionalGeneration(config), trains_encoder=False) == (None, set())
+
+
+def test_joined_rows_speak_utterances_in_a_row_deterministically():
+    rows = [{"audio": make_audio(0.5 + 0.1 * i, seed=i), "text": t} for i, t in enumerate(TEXTS)]
+    joined = joined_rows(rows, 5, seed=3)
+    again = joined_rows(rows, 5, seed=3)
+    assert [r["text"] for r in joined] == [r["text"] for r in again]
+    assert all(np.array_equal(a["audio"], b["audio"]) for a, b in zip(joined, again))
+    for row in joined:
+        parts = [r for r in rows if r["text"] in row["text"]]
+        assert 2 <= len(parts) <= 3 and len(row["text"]) == sum(len(r["text"]) for r in parts)
+        gap = len(row["audio"]) - sum(len(r["audio"]) for r in parts)  # the silence between them
+        assert 0 <= gap <= 0.6 * 16000 * (len(parts) - 1)
+        first = next(r for r in parts if row["text"].startswith(r["text"]))
+        np.testing.assert_array_equal(row["audio"][: len(first["audio"])], first["audio"])
+
+
+def test_refit_with_joined_rows_reads_them_too(tiny_processor):
+    torch.manual_seed(0)
+    vocab = sorted(set("".join(TEXTS)))
+    model = HubertGptForConditionalGeneration(tiny_config(
+        "conv", tokenizer=tiny_processor.tokenizer, ctc_head_config={"vocab": vocab})).train()
+    rows = [{"audio": make_audio(0.6 + 0.1 * i, seed=i), "text": t} for i, t in enumerate(TEXTS)]
+    report = fit_draft_head(model, rows, SpeechCollator(tiny_processor, ctc_vocab=vocab), steps=20, batch_size=2,
+                            joined=3)
+    assert report["utterances"] == 4 + 3
