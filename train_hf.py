@@ -115,6 +115,9 @@ class RunArguments:
         "help": "the refit also reads this many rows of 2-3 of those utterances spoken in a row (0-0.6 s apart): the "
                 "head learns to place a sentence's last character where it is spoken, which timestamps and the "
                 "pause cuts of long audio need"})
+    draft_head_fit_non_speech: int = field(default=0, metadata={
+        "help": "the refit also reads this many rows of silence, noise or tones with an empty transcript: the head "
+                "learns to hear nothing there, which the no-speech guard reads"})
 
 
 SMOKE = dict(max_steps=60, per_device_train_batch_size=8, per_device_eval_batch_size=16, learning_rate=3e-3,
@@ -129,7 +132,7 @@ RECIPE = dict(max_steps=4000, per_device_train_batch_size=16, per_device_eval_ba
 # trains the head); the ctc bridge's own head trains the encoder at full weight.
 RECIPE_BY_BRIDGE = {"conv": dict(ctc_head=True, ctc_head_chars=True, ctc_trains_encoder=False,
                                  ctc_head_kernel_size=5, ctc_loss_weight=0.01, draft_head_fit_steps=6000,
-                                 draft_head_fit_joined=750),
+                                 draft_head_fit_joined=750, draft_head_fit_non_speech=200),
                     "ctc": dict(ctc_loss_weight=1.0)}
 PRESETS = {"smoke": SMOKE, "recipe": RECIPE}
 
@@ -468,7 +471,7 @@ def refit_draft_head(model, train, collator, rargs, margs, targs):
 
     rows = list(itertools.islice(iter(train), rargs.draft_head_fit_utterances))
     return fit_draft_head(model, rows, collator, steps=rargs.draft_head_fit_steps, seed=targs.seed,
-                          joined=rargs.draft_head_fit_joined)
+                          joined=rargs.draft_head_fit_joined, non_speech=rargs.draft_head_fit_non_speech)
 
 
 def run(argv):

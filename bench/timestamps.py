@@ -9,8 +9,9 @@
    character's start) and end (its last one's end); characters are matched to the reference with difflib. Reported:
    median and 90th percentile of |error| in ms, for the short files and for one long file (>= --long_s seconds, which
    the pipeline chunks itself).
-2. Lost text: CER of the sentences one by one, of the joined files, of files of ~30 s with chunk_length_s=8, and of
-   the long file (auto-chunked); ratios against one by one.
+2. Lost text: CER of the sentences one by one, of the joined files (as they are, and with split_at_pauses=True), of
+   files of ~30 s with chunk_length_s=8, and of the long file (auto-chunked); ratios against one by one; how many
+   test transcripts split_at_pauses=True changes.
 3. No-speech: 20 clips of silence, white noise, pink noise and a tone mix (1-10 s): characters written and LLM passes,
    guards on and off. Speech: every test utterance's text with the guards on and off (identical or not).
 4. Cost: a batch-16 pipeline run over the test utterances with and without return_timestamps="char" (wall ratio).
@@ -190,10 +191,13 @@ def main(argv=None):
     order = list(range(len(audios)))
     files = [joined([trimmed[i] for i in order[k : k + args.per_file]], [texts[i] for i in order[k : k + args.per_file]],
                     rng) for k in range(0, len(order) - args.per_file + 1, args.per_file)]
-    outs = asr([f[0] for f in files], batch_size=args.batch_size, return_timestamps="char")
-    result["joined_files"] = {"files": len(files), "seconds": round(sum(len(f[0]) for f in files) / RATE, 1),
-                              **errors_ms(outs, files), "cer": round(cer([o["text"] for o in outs],
-                                                                         ["".join(f[2]) for f in files]), 4)}
+    for key, options in (("joined_files", {}), ("joined_files_split_at_pauses", {"split_at_pauses": True})):
+        outs = asr([f[0] for f in files], batch_size=args.batch_size, return_timestamps="char", **options)
+        result[key] = {"files": len(files), "seconds": round(sum(len(f[0]) for f in files) / RATE, 1),
+                       **errors_ms(outs, files), "cer": round(cer([o["text"] for o in outs],
+                                                                  ["".join(f[2]) for f in files]), 4)}
+    split = asr(audios, batch_size=args.batch_size, split_at_pauses=True)
+    result["split_at_pauses_changed_test_transcripts"] = sum(a != b["text"] for a, b in zip(plain_text, split))
     per_30 = max(1, round(30 / statistics.mean(len(a) / RATE + 0.65 for a in trimmed)))
     files_30 = [joined(trimmed[k : k + per_30], texts[k : k + per_30], rng)
                 for k in range(0, len(order) - per_30 + 1, per_30)]

@@ -26,9 +26,35 @@ def joined_rows(rows, count, seed=0, sampling_rate=16000, per_row=(2, 3), pause_
     return out
 
 
-def fit_draft_head(model, rows, collator, steps=3000, batch_size=16, lr=2e-3, seed=0, joined=0):
+def non_speech_rows(count, seed=0, sampling_rate=16000, seconds=(0.5, 6.0)):
+    """`count` rows of audio without speech and an empty transcript: digital silence, white or brown noise at a random
+    level, or a few steady or wavering sinusoids at random frequencies (100-2000 Hz). Deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(count):
+        n = int(rng.uniform(*seconds) * sampling_rate)
+        kind = k % 4
+        if kind == 0:
+            audio = np.zeros(n)
+        elif kind in (1, 2):
+            audio = rng.standard_normal(n)
+            if kind == 2:  # brown: integrated white noise, drift removed
+                audio = np.cumsum(audio)
+                audio -= np.convolve(audio, np.ones(801) / 801, mode="same")
+            audio *= 10 ** rng.uniform(-3.5, -1) / (audio.std() + 1e-9)
+        else:
+            t = np.arange(n) / sampling_rate
+            audio = sum(rng.uniform(0.02, 0.2) * np.sin(2 * np.pi * rng.uniform(100, 2000) * t)
+                        * (1 + rng.uniform(0, 1) * np.sin(2 * np.pi * rng.uniform(0.2, 5) * t))
+                        for _ in range(rng.integers(1, 5)))
+        out.append({"audio": audio.astype(np.float32), "text": ""})
+    return out
+
+
+def fit_draft_head(model, rows, collator, steps=3000, batch_size=16, lr=2e-3, seed=0, joined=0, non_speech=0):
     """Train only `model.ctc_head` for `steps` Adam steps on the encoder's output for `rows` (plus `joined` rows of
-    2-3 of them spoken in a row, `joined_rows`).
+    2-3 of them spoken in a row, `joined_rows`, and `non_speech` rows of silence, noise or tones with nothing to
+    write, `non_speech_rows`).
 
     For a CTC head the bridge does not use (a draft head next to a conv bridge).
     A draft head trained with its gradient stopped (`ctc_trains_encoder=False`) spends training chasing an
@@ -37,7 +63,8 @@ def fit_draft_head(model, rows, collator, steps=3000, batch_size=16, lr=2e-3, se
     many as fit); the CTC steps then only touch the head. Transcripts do not change (the prompt does not depend on
     the head); speculative decoding's drafts do. The joined rows teach the head to place a sentence's last
     character where it is spoken, not at the input's end (a head that has only seen single sentences waits for the
-    end: timestamps and pause cuts of multi-sentence audio need it in place). Returns {"utterances", "steps", "ctc_loss_first", "ctc_loss_last"}
+    end: timestamps and pause cuts of multi-sentence audio need it in place). The non-speech rows teach it to hear
+    nothing where nothing is said (the no-speech guard reads that). Returns {"utterances", "steps", "ctc_loss_first", "ctc_loss_last"}
     (mean CTC loss over the first and the last 10% of the steps).
     """
     if steps < 1 or not rows:
@@ -52,7 +79,8 @@ def fit_draft_head(model, rows, collator, steps=3000, batch_size=16, lr=2e-3, se
     model.eval()
     device = next(head.parameters()).device
     hidden, targets = [], []
-    rows = sorted(list(rows) + joined_rows(rows, joined, seed), key=lambda row: len(row["audio"]))  # similar lengths per batch: little padding
+    rows = list(rows) + joined_rows(rows, joined, seed) + non_speech_rows(non_speech, seed)
+    rows = sorted(rows, key=lambda row: len(row["audio"]))  # similar lengths per batch: little padding
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
             batch = collator(rows[start : start + batch_size])

@@ -22,7 +22,7 @@ import shutil
 import sys
 import types
 from dataclasses import dataclass
-from functools import reduce
+from functools import partial, reduce
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +72,18 @@ def merge_overlapping_tokens(left, right):
 def merge_chunk_tokens(chunks):
     """Merge the token lists of consecutive overlapping chunks, left to right. `[]` for no chunks."""
     return reduce(merge_overlapping_tokens, chunks, [])
+
+
+def join_pieces(texts):
+    """The transcripts of consecutive pieces cut at pauses, as one text: joined with a space, but none between two
+    characters of scripts written without spaces (kana, CJK, full-width forms: code points from U+3000), so Japanese
+    sentences follow each other as they are written. Empty pieces add nothing."""
+    out = ""
+    for text in (t.strip() for t in texts):
+        if text and out:
+            out += "" if ord(out[-1]) >= 0x3000 and ord(text[0]) >= 0x3000 else " "
+        out += text
+    return out
 
 
 def chunk_spans(num_samples, chunk_len, overlap, multiple=1):
@@ -259,6 +271,10 @@ class HubertGptASRPipeline(Pipeline):
             passed to `generate`; on by default for models with a CTC head.
         hotwords (`list[str]`, or one such list per input of a list), hotword_boost, hotword_threshold: words boosted
             where the CTC head heard them (hotwords_hubert_gpt.py); every chunk of an input gets its input's words.
+        split_at_pauses (`bool`, default False; models with a CTC head): cut every input where the head hears a pause
+            (segments_hubert_gpt.py) and transcribe the pieces one by one, for audio of several sentences that a
+            model trained on one sentence at a time would stop after the first of; costs one more encoder pass per
+            input. Audio longer than chunk_length_s (or than the model takes) is always cut so with a CTC head.
     Audio longer than the model takes (its LLM context must hold the speech prompt and the transcript bound;
     duration_hubert_gpt.py) is chunked without being asked, with a one-line warning naming `chunk_length_s`.
     Output: `{"text": str}`, plus `"chunks": [{"text": str, "timestamp": (start_s, end_s)}]` with return_timestamps.
@@ -295,6 +311,7 @@ class HubertGptASRPipeline(Pipeline):
         return_language=None,
         decoder_kwargs=None,
         generate_kwargs=None,
+        split_at_pauses=None,
         **more_generate_kwargs,
     ):
         if return_timestamps is not None and return_timestamps is not False:
@@ -313,6 +330,11 @@ class HubertGptASRPipeline(Pipeline):
             preprocess_params["chunk_length_s"] = chunk_length_s
         if stride_length_s is not None:
             preprocess_params["stride_length_s"] = stride_length_s
+        if split_at_pauses:
+            from .ctc_head_hubert_gpt import require_ctc_head
+
+            require_ctc_head(self.model, "split_at_pauses reads pauses from")
+            preprocess_params["split_at_pauses"] = True
         forward_params = {**(generate_kwargs or {}), **more_generate_kwargs}
         postprocess_params = {}
         if return_timestamps is not None and return_timestamps is not False:
@@ -365,20 +387,23 @@ class HubertGptASRPipeline(Pipeline):
                 f"({shortest / rate:.3f} s)"
             )
 
-    def _chunks(self, inputs, chunk_length_s, stride_length_s):
+    def _chunks(self, inputs, chunk_length_s, stride_length_s, split_at_pauses=False):
         """One input -> its chunks: (audio (float32 array), first sample, samples of the whole input) each; the whole
-        audio as one chunk when it needs no chunking."""
+        audio as one chunk when it needs no chunking and is not to be split at pauses."""
         audio = load_audio(inputs, self.feature_extractor.sampling_rate)
         is_path = isinstance(inputs, (str, os.PathLike))
         self._check_length(len(audio), f"audio file {os.fspath(inputs)!r}" if is_path else "the audio")
         if not chunk_length_s:
             chunk_length_s = self._auto_chunk_length_s(len(audio))
             stride_length_s = None
-        if not chunk_length_s:
+        if not chunk_length_s and not split_at_pauses:
             return [_Chunk(audio, 0, len(audio))]
-        chunk_len, overlap = self._chunk_sizes(chunk_length_s, stride_length_s)
-        self._check_length(min(chunk_len, len(audio)), f"a chunk of chunk_length_s={chunk_length_s}")
-        if getattr(self.model, "ctc_head", None) is not None and len(audio) > chunk_len:
+        if chunk_length_s:
+            chunk_len, overlap = self._chunk_sizes(chunk_length_s, stride_length_s)
+            self._check_length(min(chunk_len, len(audio)), f"a chunk of chunk_length_s={chunk_length_s}")
+        else:  # split at pauses only: the input fits, so one window reads it and a piece may be all of it
+            chunk_len = -(-len(audio) // self._hop()) * self._hop()
+        if getattr(self.model, "ctc_head", None) is not None and (split_at_pauses or len(audio) > chunk_len):
             from .segments_hubert_gpt import cut_at_pauses
 
             spans, whole, quiet = cut_at_pauses(self.model, self.feature_extractor, audio, chunk_len, self._hop())
@@ -388,7 +413,7 @@ class HubertGptASRPipeline(Pipeline):
         spans = chunk_spans(len(audio), chunk_len, overlap, multiple=self._hop())
         return [_Chunk(audio[start:end], start, len(audio), overlapping=True) for start, end in spans]
 
-    def preprocess(self, inputs, chunk_length_s=None, stride_length_s=None):
+    def preprocess(self, inputs, chunk_length_s=None, stride_length_s=None, split_at_pauses=False):
         """`_Inputs` -> `{"batches": iterator of (input indices, audio chunks), "num_inputs": int}`.
 
         Each batch holds up to `batch_size` chunks, in the order of the inputs' chunks; the inputs are taken longest
@@ -403,7 +428,8 @@ class HubertGptASRPipeline(Pipeline):
             rate = self.feature_extractor.sampling_rate
             durations = [input_duration_s(x, rate) for x in items]
             order = sorted(order, key=lambda i: -durations[i])  # stable: equal lengths keep their order
-        chunks = ((i, chunk) for i in order for chunk in self._chunks(items[i], chunk_length_s, stride_length_s))
+        chunks = ((i, chunk) for i in order
+                  for chunk in self._chunks(items[i], chunk_length_s, stride_length_s, split_at_pauses))
 
         def batches():
             while batch := list(itertools.islice(chunks, batch_size)):
@@ -484,9 +510,9 @@ class HubertGptASRPipeline(Pipeline):
             ids = ids[: next((i for i, t in enumerate(ids) if t in ends), len(ids))]  # drop eos and the padding after
             chunks[index].append([t for t in ids if t not in special])
             pieces[index].append(piece)
-        outputs = [{"text": self.tokenizer.decode(
-            merge_chunk_tokens(c) if p[0].overlapping else [t for tokens in c for t in tokens], skip_special_tokens=True)}
-            for c, p in zip(chunks, pieces)]
+        decode = partial(self.tokenizer.decode, skip_special_tokens=True)
+        outputs = [{"text": decode(merge_chunk_tokens(c)) if p[0].overlapping else join_pieces(map(decode, c))}
+                   for c, p in zip(chunks, pieces)]
         if return_timestamps:
             from .alignment_hubert_gpt import align_texts
 

@@ -6,7 +6,7 @@ import torch
 from helpers import make_audio
 
 from hubert_gpt_training.data import SpeechCollator
-from hubert_gpt_training.draft_head import fit_draft_head, joined_rows
+from hubert_gpt_training.draft_head import fit_draft_head, joined_rows, non_speech_rows
 from hubert_gpt_training.tiny import tiny_config
 from modeling_hubert_gpt import HubertGptForConditionalGeneration
 
@@ -62,7 +62,8 @@ def test_train_hf_refits_only_a_head_trained_alone_that_the_bridge_does_not_use(
     torch.manual_seed(0)
     rows = [{"audio": make_audio(0.6 + 0.1 * i, seed=i), "text": t} for i, t in enumerate(TEXTS)]
     collator = SpeechCollator(tiny_processor)
-    rargs = SimpleNamespace(draft_head_fit_steps=3, draft_head_fit_utterances=4, draft_head_fit_joined=2)
+    rargs = SimpleNamespace(draft_head_fit_steps=3, draft_head_fit_utterances=4, draft_head_fit_joined=2,
+                            draft_head_fit_non_speech=1)
     targs = SimpleNamespace(deepspeed=None, world_size=1, seed=0)
 
     def refit(model, trains_encoder):
@@ -76,7 +77,7 @@ def test_train_hf_refits_only_a_head_trained_alone_that_the_bridge_does_not_use(
     draft = HubertGptForConditionalGeneration(tiny_config("conv", tokenizer=tokenizer, ctc_head_config={}))
     assert refit(draft, trains_encoder=True) == (None, set())  # its loss trained the encoder: joint CTC, kept
     report, changed = refit(draft, trains_encoder=False)
-    assert report["steps"] == 3 and report["utterances"] == 4 + 2
+    assert report["steps"] == 3 and report["utterances"] == 4 + 2 + 1
     assert changed == {"ctc_head.out.weight", "ctc_head.out.bias"}
     for config in (tiny_config("conv", tokenizer=tokenizer), tiny_config("ctc", tokenizer=tokenizer)):
         assert refit(HubertGptForConditionalGeneration(config), trains_encoder=False) == (None, set())
@@ -104,5 +105,14 @@ def test_refit_with_joined_rows_reads_them_too(tiny_processor):
         "conv", tokenizer=tiny_processor.tokenizer, ctc_head_config={"vocab": vocab})).train()
     rows = [{"audio": make_audio(0.6 + 0.1 * i, seed=i), "text": t} for i, t in enumerate(TEXTS)]
     report = fit_draft_head(model, rows, SpeechCollator(tiny_processor, ctc_vocab=vocab), steps=20, batch_size=2,
-                            joined=3)
-    assert report["utterances"] == 4 + 3
+                            joined=3, non_speech=4)
+    assert report["utterances"] == 4 + 3 + 4 and np.isfinite(report["ctc_loss_last"])
+
+
+def test_non_speech_rows_are_silence_noise_and_tones_with_nothing_to_write():
+    rows = non_speech_rows(8, seed=2)
+    assert [r["text"] for r in rows] == [""] * 8
+    assert all(r["audio"].dtype == np.float32 and 0.5 * 16000 <= len(r["audio"]) <= 6 * 16000 for r in rows)
+    assert not rows[0]["audio"].any() and not rows[4]["audio"].any()  # every 4th: digital silence
+    assert all(0 < np.abs(r["audio"]).max() < 1 for k, r in enumerate(rows) if k % 4)
+    assert all(np.array_equal(a["audio"], b["audio"]) for a, b in zip(rows, non_speech_rows(8, seed=2)))

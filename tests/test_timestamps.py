@@ -3,6 +3,7 @@ clear errors for models without a CTC head."""
 
 import sys
 
+import numpy as np
 import pytest
 import torch
 from helpers import make_audio
@@ -12,8 +13,8 @@ from test_model import padded_batch
 from hubert_gpt_training.tiny import tiny_config
 from modeling_hubert_gpt import HubertGptASRPipeline, HubertGptForConditionalGeneration
 from modeling_hubert_gpt.alignment_hubert_gpt import align_texts, char_frames
-from modeling_hubert_gpt.pipeline_hubert_gpt import chunk_spans, stitch_posteriors
-from modeling_hubert_gpt.segments_hubert_gpt import pause_segments, quiet_frames
+from modeling_hubert_gpt.pipeline_hubert_gpt import chunk_spans, join_pieces, stitch_posteriors
+from modeling_hubert_gpt.segments_hubert_gpt import cut_at_pauses, pause_segments, quiet_frames
 
 VOCAB = ["あ", "い", "う", "え"]
 BLANK = len(VOCAB)
@@ -162,6 +163,8 @@ def test_models_without_a_ctc_head_get_clear_errors(tiny_tokenizer, tiny_feature
     asr = HubertGptASRPipeline(model=model, tokenizer=tiny_tokenizer, feature_extractor=tiny_feature_extractor)
     with pytest.raises(ValueError, match="come from the CTC head, and this model has none"):
         asr(make_audio(1.0, seed=0), return_timestamps="char")
+    with pytest.raises(ValueError, match="split_at_pauses reads pauses from the CTC head, and this model has none"):
+        asr(make_audio(1.0, seed=0), split_at_pauses=True)
     with pytest.raises(ValueError, match="read the CTC head, and this model has none"):
         model.generate(values, mask, no_speech_threshold=1.0)
     with pytest.raises(ValueError, match="read the CTC head"):
@@ -214,3 +217,43 @@ def test_no_cut_leaves_a_piece_without_speech():
     quiet[25:35] = quiet[55:65] = False
     assert pause_segments(posteriors(frames), BLANK, 100, 0.02, quiet) == [(0, 45), (45, 100)]
     assert pause_segments(posteriors([BLANK] * 100), BLANK, 100, 0.02, quiet) == [(0, 100)]  # no speech: no cut
+
+
+def test_split_at_pauses_transcribes_the_speech_between_pauses_piece_by_piece(tiny_tokenizer, tiny_feature_extractor):
+    """Two stretches of sound 0.8 s apart; a head made to hear a label on every sounding frame (its posteriors
+    replaced: blank where the audio is quiet). split_at_pauses=True cuts in the silence and transcribes each piece on
+    its own; without it the input is one piece. Batched == single either way."""
+    model = char_model(tiny_tokenizer)
+    real = model.ctc_posteriors
+
+    def heard(values, attention_mask=None):
+        out = real(values, attention_mask)
+        still = quiet_frames(values[0], 320, out.log_probs.shape[1])
+        labels = torch.where(still, torch.tensor(model.ctc_head.blank_id), torch.tensor(0))
+        log_probs = torch.nn.functional.one_hot(labels, out.log_probs.shape[-1]).float().mul(20).log_softmax(-1)
+        return out._replace(log_probs=log_probs[None])
+
+    model.ctc_posteriors = heard
+    asr = HubertGptASRPipeline(model=model, tokenizer=tiny_tokenizer, feature_extractor=tiny_feature_extractor)
+    unguarded = dict(no_speech_threshold=None, loop_guard=False)
+    sound = [make_audio(1.5, seed=5), make_audio(1.2, seed=6)]
+    audio = np.concatenate([sound[0], np.zeros(12800, np.float32), sound[1]])  # the gap: samples 24000-36800
+    [(_, cut), _], _, _ = cut_at_pauses(model, tiny_feature_extractor, audio, len(audio) + 320, 320)
+    assert 24000 < cut < 36800
+    pieces = [audio[:cut], audio[cut:]]
+    features = tiny_feature_extractor(pieces, sampling_rate=16000, padding="longest", return_tensors="pt")
+    ids = model.generate(features["input_values"], features["attention_mask"], **unguarded)
+    ends = (model.generation_config.eos_token_id, model.generation_config.pad_token_id)
+    expected = join_pieces(tiny_tokenizer.decode([t for t in row if t not in ends], skip_special_tokens=True)
+                           for row in ids.tolist())
+    split = asr(audio, split_at_pauses=True, **unguarded)
+    assert split["text"] == expected
+    assert asr(audio, **unguarded)["text"] == asr(audio, split_at_pauses=False, **unguarded)["text"]
+    other = make_audio(2.0, seed=7)
+    assert asr([audio, other], batch_size=2, split_at_pauses=True, **unguarded) == [
+        split, asr(other, split_at_pauses=True, **unguarded)]
+
+
+def test_pieces_join_with_a_space_except_between_scripts_written_without_one():
+    assert join_pieces(["今日は晴れ", " 明日は雨", "", "OK.", "Then we go", "東京へ"]) == "今日は晴れ明日は雨 OK. Then we go 東京へ"
+    assert join_pieces(["", " "]) == ""
