@@ -15,7 +15,9 @@ Output, as transformers' ASR pipeline returns Whisper's: a list of `{"text": str
 per transcript, one chunk per character ("char"), per word ("word": whitespace words where the transcript has
 spaces; Japanese without spaces is cut into words by SudachiPy when it is installed), or per segment (True: the
 transcript cut where the CTC head hears a pause of at least PAUSE_SECONDS). A character's time is its frames' span:
-frame t covers [t, t + 1) x seconds_per_frame from the audio's start (plus `offset_s`).
+frame t covers [t, t + 1) x seconds_per_frame from the audio's start (plus `offset_s`). Given the input's quiet
+frames (the pipeline and `align` always give them), a label's spike is moved onto its sound when it fell in a pause
+and widened over the sound around it (`widen_to_sound`), so a sentence starts and ends where its sound does.
 
 Remote code: imports torch only at the top; torchaudio (and SudachiPy for Japanese words) where they are used.
 """

@@ -101,8 +101,11 @@ def test_timestamps_bench_reports_accuracy_lost_text_no_speech_and_cost(tmp_path
         "audio", datasets.Audio(16000, decode=False))
     datasets.DatasetDict({"test": split}).save_to_disk(str(tmp_path / "data"))
     result, stdout = run_bench("timestamps.py", ["--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "data"),
-                                                 "--per_file", "2", "--long_s", "6", "--batch_size", "4"], tmp_path)
+                                                 "--per_file", "2", "--long_s", "6", "--batch_size", "4",
+                                                 "--rounds", "1"], tmp_path)
     assert result["utterances"] == 8 and result["joined_files"]["files"] == 4
+    assert result["joined_files_split_at_pauses"]["files"] == 4
+    assert 0 <= result["split_at_pauses_changed_test_transcripts"] <= 8
     assert result["timestamps_identical_text"] is True  # aligning reads the CTC head; it changes no transcript
     assert result["no_speech_guards_on"]["clips"] == result["no_speech_guards_off"]["clips"] == 20
     assert result["long_file"]["seconds"] >= 6 and result["timestamp_cost_ratio_b16"] > 0
