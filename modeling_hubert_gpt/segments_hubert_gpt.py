@@ -4,7 +4,10 @@ Fixed chunks cut sentences in two, and an LLM trained on one sentence at a time 
 of a chunk and stop: a chunked transcription then loses text. With a CTC head the pipeline instead reads the whole
 input's CTC posteriors (in windows the model can take, stitched) and cuts the audio in the middle of every pause
 of at least PAUSE_SECONDS; a stretch longer than the chunk length is cut further at its longest pause, or, with none,
-into equal parts. A pause frame is one the head gives to blank (probability above PAUSE_BLANK_PROB) AND a quiet one
+into equal parts. The pieces on both sides of a cut each keep up to PIECE_MARGIN_SECONDS of the pause next to their
+speech (a short pause is shared, the middle of a long one left out), as the utterances a model learns from have some
+silence around them (the embedded default, trained with about 0.3 s, drops to CER 0.19 on sentences trimmed to
+their sound). A pause frame is one the head gives to blank (probability above PAUSE_BLANK_PROB) AND a quiet one
 (`quiet_frames`): a CTC head is peaky, and between the spikes of one word it says blank for as long as a pause lasts,
 so blank alone would cut sentences in their middle. The posteriors are read from the input as the feature extractor
 gives it to the model (normalised once, over the whole input). Each piece is transcribed as an
@@ -18,6 +21,7 @@ import torch
 
 PAUSE_SECONDS = 0.3
 PAUSE_BLANK_PROB = 0.9
+PIECE_MARGIN_SECONDS = 0.3
 QUIET_FRACTION = 0.25  # quiet: below the input's floor level + this fraction of its floor-to-loud range (in dB)
 
 
@@ -61,17 +65,46 @@ def quiet_frames(audio, hop, num_frames):
     return torch.cat([quiet, quiet.new_ones(num_frames - usable)])  # a partial last frame: the input's end
 
 
+def pause_frames(log_probs, blank_id, quiet=None):
+    """(T,) bool: the head says blank (above PAUSE_BLANK_PROB) and, where `quiet` is given, the frame is quiet."""
+    is_pause = log_probs[:, blank_id].exp() > PAUSE_BLANK_PROB
+    return is_pause if quiet is None else is_pause & quiet
+
+
+def run_around(t, is_pause):
+    """The (start, end) frames of the pause run holding frame t."""
+    start, end = t, t
+    while start > 0 and is_pause[start - 1]:
+        start -= 1
+    while end < len(is_pause) and is_pause[end]:
+        end += 1
+    return start, end
+
+
+def edges_in_pauses(start, end, is_pause, hop, longest, total, margin):
+    """A piece's samples [start, end), each cut edge moved to `margin` frames of pause from the speech next to it:
+    the piece keeps that much silence (sharing a short pause with its neighbour, leaving out the middle of a long one),
+    as the utterances a model learns from have some silence around them. The input's own ends (0, total) stay; a
+    piece that would grow past `longest` samples keeps its cuts."""
+    new_start, new_end = start, end
+    if start > 0 and is_pause[start // hop]:
+        run = run_around(start // hop, is_pause)
+        new_start = max(run[0], run[1] - margin) * hop
+    if end < total and is_pause[end // hop]:
+        run = run_around(end // hop, is_pause)
+        new_end = min(total, min(run[1], run[0] + margin) * hop)
+    return (new_start, new_end) if new_end - new_start <= longest else (start, end)
+
+
 def pause_segments(log_probs, blank_id, max_frames, frame_s, quiet=None):
     """(start, end) frame spans covering log_probs' (T, C) T frames, cut in the middle of each pause of at least
     PAUSE_SECONDS between two frames where the head writes a label, and then to at most max_frames each. A pause
     frame: blank above PAUSE_BLANK_PROB and, where `quiet` ((T,) bool) is given, quiet (and a frame with a label
     counts as speech only where it is not quiet)."""
-    is_pause = log_probs[:, blank_id].exp() > PAUSE_BLANK_PROB
+    is_pause = pause_frames(log_probs, blank_id, quiet).tolist()
     spoken = log_probs.argmax(-1) != blank_id  # (T,): the head writes a label here
     if quiet is not None:
-        is_pause &= quiet
         spoken &= ~quiet
-    is_pause = is_pause.tolist()
     runs = pause_runs(is_pause)
     min_run = PAUSE_SECONDS / frame_s
     said = spoken.nonzero()[:, 0].tolist()  # a cut needs speech on both sides: no piece of silence alone
@@ -100,7 +133,7 @@ def whole_posteriors(model, values, window, overlap, hop):
 @torch.no_grad()
 def cut_at_pauses(model, feature_extractor, audio, chunk_len, hop):
     """A long input's pieces cut at pauses: ([(start sample, end sample)], whole-input log-posteriors (T, C), its quiet
-    frames (T,) bool)."""
+    frames (T,) bool). Each piece keeps up to PIECE_MARGIN_SECONDS of the pauses at its cuts (`edges_in_pauses`)."""
     from .alignment_hubert_gpt import seconds_per_frame
 
     values = feature_extractor(audio, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")
@@ -116,4 +149,7 @@ def cut_at_pauses(model, feature_extractor, audio, chunk_len, hop):
         if cut - (kept[-1] if kept else 0) >= shortest and len(audio) - cut >= shortest:
             kept.append(cut)
     edges = [0] + kept + [len(audio)]
-    return list(zip(edges, edges[1:])), log_probs, quiet
+    is_pause = pause_frames(log_probs, model.ctc_head.blank_id, quiet).tolist()
+    margin = round(PIECE_MARGIN_SECONDS / seconds_per_frame(model))
+    pieces = [edges_in_pauses(a, b, is_pause, hop, chunk_len, len(audio), margin) for a, b in zip(edges, edges[1:])]
+    return pieces, log_probs, quiet

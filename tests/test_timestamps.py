@@ -14,7 +14,7 @@ from hubert_gpt_training.tiny import tiny_config
 from modeling_hubert_gpt import HubertGptASRPipeline, HubertGptForConditionalGeneration
 from modeling_hubert_gpt.alignment_hubert_gpt import align_texts, char_frames
 from modeling_hubert_gpt.pipeline_hubert_gpt import chunk_spans, join_pieces, stitch_posteriors
-from modeling_hubert_gpt.segments_hubert_gpt import cut_at_pauses, pause_segments, quiet_frames
+from modeling_hubert_gpt.segments_hubert_gpt import cut_at_pauses, pause_segments, quiet_frames, edges_in_pauses
 
 VOCAB = ["あ", "い", "う", "え"]
 BLANK = len(VOCAB)
@@ -238,9 +238,11 @@ def test_split_at_pauses_transcribes_the_speech_between_pauses_piece_by_piece(ti
     unguarded = dict(no_speech_threshold=None, loop_guard=False)
     sound = [make_audio(1.5, seed=5), make_audio(1.2, seed=6)]
     audio = np.concatenate([sound[0], np.zeros(12800, np.float32), sound[1]])  # the gap: samples 24000-36800
-    [(_, cut), _], _, _ = cut_at_pauses(model, tiny_feature_extractor, audio, len(audio) + 320, 320)
-    assert 24000 < cut < 36800
-    pieces = [audio[:cut], audio[cut:]]
+    spans, _, _ = cut_at_pauses(model, tiny_feature_extractor, audio, len(audio) + 320, 320)
+    [(start, end), (next_start, next_end)] = spans  # each keeps 0.3 s (15 frames) of the 0.8 s pause
+    assert start == 0 and next_end == len(audio) and 24000 <= end <= 24000 + 16 * 320
+    assert 36800 - 16 * 320 <= next_start <= 36800
+    pieces = [audio[start:end], audio[next_start:next_end]]
     features = tiny_feature_extractor(pieces, sampling_rate=16000, padding="longest", return_tensors="pt")
     ids = model.generate(features["input_values"], features["attention_mask"], **unguarded)
     ends = (model.generation_config.eos_token_id, model.generation_config.pad_token_id)
@@ -257,3 +259,12 @@ def test_split_at_pauses_transcribes_the_speech_between_pauses_piece_by_piece(ti
 def test_pieces_join_with_a_space_except_between_scripts_written_without_one():
     assert join_pieces(["今日は晴れ", " 明日は雨", "", "OK.", "Then we go", "東京へ"]) == "今日は晴れ明日は雨 OK. Then we go 東京へ"
     assert join_pieces(["", " "]) == ""
+
+
+def test_pieces_keep_a_margin_of_the_pauses_at_their_cuts_within_the_longest_piece():
+    is_pause = [False] * 10 + [True] * 10 + [False] * 10  # frames of 100 samples; a pause on frames 10-19
+    assert edges_in_pauses(0, 1500, is_pause, 100, 3000, 3000, 3) == (0, 1300)  # 3 frames of pause kept
+    assert edges_in_pauses(1500, 3000, is_pause, 100, 3000, 3000, 3) == (1700, 3000)
+    assert edges_in_pauses(1500, 3000, is_pause, 100, 3000, 3000, 8) == (1200, 3000)  # a short pause: shared
+    assert edges_in_pauses(1500, 3000, is_pause, 100, 1700, 3000, 8) == (1500, 3000)  # longer than 1700: kept
+    assert edges_in_pauses(0, 3000, is_pause, 100, 3000, 3000, 3) == (0, 3000)  # the input's ends stay
