@@ -110,3 +110,43 @@ def fit_draft_head(model, rows, collator, steps=3000, batch_size=16, lr=2e-3, se
               "ctc_loss_first": sum(losses[:tenth]) / tenth, "ctc_loss_last": sum(losses[-tenth:]) / tenth}
     logger.info(f"draft head refitted on the trained encoder: {report}")
     return report
+
+
+def main(argv=None):
+    """hubert-gpt-refit-draft-head: refit a saved model's CTC draft head on a corpus; writes a copy of the folder."""
+    import argparse
+    import itertools
+    import shutil
+
+    import datasets
+    from transformers import AutoModel, AutoProcessor
+
+    from hubert_gpt_training.data import SpeechCollator, prepare
+
+    parser = argparse.ArgumentParser(description="Refit a trained hubert-gpt folder's CTC draft head (conv bridge) on "
+                                                 "its final encoder, as train_hf.py's recipe does after training, and "
+                                                 "write the folder again with the new head (nothing else changes).")
+    parser.add_argument("model", help="a hubert-gpt folder with a CTC draft head")
+    parser.add_argument("--dataset", required=True, help="a datasets.save_to_disk folder with audio + transcription")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--out", required=True, help="the folder to write (a copy of MODEL with the refitted head)")
+    parser.add_argument("--utterances", type=int, default=1500)
+    parser.add_argument("--joined", type=int, default=750)
+    parser.add_argument("--non_speech", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    torch.manual_seed(args.seed)
+    model = AutoModel.from_pretrained(args.model, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
+    rate = processor.feature_extractor.sampling_rate
+    train = prepare(datasets.load_from_disk(args.dataset)[args.split], sampling_rate=rate)
+    rows = list(itertools.islice(iter(train), args.utterances))
+    collator = SpeechCollator(processor, rate, model.ctc_head.vocab if model.ctc_head is not None else None)
+    report = fit_draft_head(model, rows, collator, steps=args.steps, seed=args.seed, joined=args.joined,
+                            non_speech=args.non_speech)
+    shutil.copytree(args.model, args.out, dirs_exist_ok=True)  # card, pipeline code, tokenizer: as they were
+    model.save_pretrained(args.out)
+    print(report)

@@ -116,3 +116,38 @@ def test_non_speech_rows_are_silence_noise_and_tones_with_nothing_to_write():
     assert not rows[0]["audio"].any() and not rows[4]["audio"].any()  # every 4th: digital silence
     assert all(0 < np.abs(r["audio"]).max() < 1 for k, r in enumerate(rows) if k % 4)
     assert all(np.array_equal(a["audio"], b["audio"]) for a, b in zip(rows, non_speech_rows(8, seed=2)))
+
+
+def test_refit_command_rewrites_only_the_head_of_a_saved_folder(tmp_path, tiny_processor):
+    import io
+
+    import datasets
+    import soundfile
+    from transformers import AutoModel
+
+    from hubert_gpt_training.draft_head import main
+
+    torch.manual_seed(0)
+    vocab = sorted(set("".join(TEXTS)))
+    model = HubertGptForConditionalGeneration(tiny_config(
+        "conv", tokenizer=tiny_processor.tokenizer, ctc_head_config={"vocab": vocab})).eval()
+    model.save_pretrained(tmp_path / "model")
+    tiny_processor.save_pretrained(tmp_path / "model")
+    wavs = []
+    for i in range(len(TEXTS)):
+        buffer = io.BytesIO()
+        soundfile.write(buffer, make_audio(0.6 + 0.1 * i, seed=i), 16000, format="WAV")
+        wavs.append({"bytes": buffer.getvalue(), "path": None})
+    split = datasets.Dataset.from_dict({"audio": wavs, "transcription": TEXTS}).cast_column(
+        "audio", datasets.Audio(16000, decode=False))
+    datasets.DatasetDict({"train": split}).save_to_disk(str(tmp_path / "data"))
+
+    main([str(tmp_path / "model"), "--dataset", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+          "--steps", "5", "--joined", "2", "--non_speech", "2"])
+
+    before = dict(model.named_parameters())
+    after = dict(AutoModel.from_pretrained(tmp_path / "out", trust_remote_code=True).named_parameters())
+    assert after.keys() == before.keys()
+    changed = {name for name in before if not torch.equal(before[name].detach(), after[name].detach())}
+    assert changed == {"ctc_head.out.weight", "ctc_head.out.bias"}
+    assert (tmp_path / "out" / "tokenizer_config.json").exists()
