@@ -111,3 +111,26 @@ class CollectStreamer(BaseStreamer):
 
     def end(self):
         self.ended = True
+
+
+def wav_column(audios, sr=16000):
+    """A datasets column of WAV bytes for float32 arrays: [{"bytes", "path": None}], as the corpus builder stores."""
+    import io
+
+    import soundfile
+
+    out = []
+    for audio in audios:
+        buffer = io.BytesIO()
+        soundfile.write(buffer, audio, sr, format="WAV")
+        out.append({"bytes": buffer.getvalue(), "path": None})
+    return out
+
+
+def save_audio_split(folder, split, audios, texts, sr=16000, **columns):
+    """datasets.save_to_disk folder with one split: an Audio column (WAV bytes, decode=False), transcription, more."""
+    import datasets
+
+    table = datasets.Dataset.from_dict({"audio": wav_column(audios, sr), "transcription": texts, **columns})
+    table = table.cast_column("audio", datasets.Audio(sr, decode=False))
+    (datasets.DatasetDict({split: table}) if split else table).save_to_disk(str(folder))

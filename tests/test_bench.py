@@ -1,6 +1,5 @@
 """The benchmarks run end to end on a tiny shape and report what they promise (their figures are not asserted)."""
 
-import io
 import json
 import os
 import subprocess
@@ -76,10 +75,8 @@ def test_inference_bench_rejects_a_repeat_below_one():
 
 def test_timestamps_bench_reports_accuracy_lost_text_no_speech_and_cost(tmp_path, tiny_tokenizer,
                                                                          tiny_feature_extractor):
-    import datasets
-    import soundfile
     import torch
-    from helpers import make_audio, training_sentences
+    from helpers import make_audio, save_audio_split, training_sentences
 
     from hubert_gpt_training.tiny import tiny_config
     from modeling_hubert_gpt import HubertGptForConditionalGeneration, HubertGptProcessor
@@ -92,14 +89,7 @@ def test_timestamps_bench_reports_accuracy_lost_text_no_speech_and_cost(tmp_path
     model.save_pretrained(tmp_path / "model")
     HubertGptProcessor(feature_extractor=tiny_feature_extractor, tokenizer=tiny_tokenizer).save_pretrained(
         tmp_path / "model")
-    wavs = []
-    for i in range(8):
-        buffer = io.BytesIO()
-        soundfile.write(buffer, make_audio(1.0 + 0.1 * i, seed=i), 16000, format="WAV")
-        wavs.append({"bytes": buffer.getvalue(), "path": None})
-    split = datasets.Dataset.from_dict({"audio": wavs, "transcription": texts}).cast_column(
-        "audio", datasets.Audio(16000, decode=False))
-    datasets.DatasetDict({"test": split}).save_to_disk(str(tmp_path / "data"))
+    save_audio_split(tmp_path / "data", "test", [make_audio(1.0 + 0.1 * i, seed=i) for i in range(8)], texts)
     result, stdout = run_bench("timestamps.py", ["--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "data"),
                                                  "--per_file", "2", "--long_s", "6", "--batch_size", "4",
                                                  "--rounds", "1"], tmp_path)
@@ -113,10 +103,8 @@ def test_timestamps_bench_reports_accuracy_lost_text_no_speech_and_cost(tmp_path
 
 
 def test_hotwords_bench_reports_recall_leakage_gate_and_cost(tmp_path, tiny_tokenizer, tiny_feature_extractor):
-    import datasets
-    import soundfile
     import torch
-    from helpers import make_audio, training_sentences
+    from helpers import make_audio, save_audio_split, training_sentences
 
     from hubert_gpt_training.tiny import tiny_config
     from modeling_hubert_gpt import HubertGptForConditionalGeneration, HubertGptProcessor
@@ -131,21 +119,10 @@ def test_hotwords_bench_reports_recall_leakage_gate_and_cost(tmp_path, tiny_toke
     HubertGptProcessor(feature_extractor=tiny_feature_extractor, tokenizer=tiny_tokenizer).save_pretrained(
         tmp_path / "model")
 
-    def wavs(n, offset):
-        out = []
-        for i in range(n):
-            buffer = io.BytesIO()
-            soundfile.write(buffer, make_audio(0.8 + 0.1 * i, seed=offset + i), 16000, format="WAV")
-            out.append({"bytes": buffer.getvalue(), "path": None})
-        return out
-
-    split = datasets.Dataset.from_dict({"audio": wavs(6, 0), "transcription": texts}).cast_column(
-        "audio", datasets.Audio(16000, decode=False))
-    datasets.DatasetDict({"test": split}).save_to_disk(str(tmp_path / "data"))
+    save_audio_split(tmp_path / "data", "test", [make_audio(0.8 + 0.1 * i, seed=i) for i in range(6)], texts)
     said = [[spoken[i % 2]] for i in range(4)]
-    hotword_set = datasets.Dataset.from_dict({"audio": wavs(4, 10), "transcription": [n[0] + "です" for n in said],
-                                              "names": said}).cast_column("audio", datasets.Audio(16000, decode=False))
-    hotword_set.save_to_disk(str(tmp_path / "hotwords"))
+    save_audio_split(tmp_path / "hotwords", None, [make_audio(0.8 + 0.1 * i, seed=10 + i) for i in range(4)],
+                     [n[0] + "です" for n in said], names=said)
     (tmp_path / "hotwords" / "hotwords.json").write_text(json.dumps(
         {"spoken": spoken, "distractors": distractors, "corpus": str(tmp_path / "data")}))
     result, stdout = run_bench("hotwords.py", ["--model", str(tmp_path / "model"), "--hotword_set",

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from helpers import make_audio
+from helpers import make_audio, save_audio_split
 
 from hubert_gpt_training.data import SpeechCollator
 from hubert_gpt_training.draft_head import fit_draft_head, joined_rows, non_speech_rows
@@ -119,10 +119,6 @@ def test_non_speech_rows_are_silence_noise_and_tones_with_nothing_to_write():
 
 
 def test_refit_command_rewrites_only_the_head_of_a_saved_folder(tmp_path, tiny_processor):
-    import io
-
-    import datasets
-    import soundfile
     from transformers import AutoModel
 
     from hubert_gpt_training.draft_head import main
@@ -133,14 +129,7 @@ def test_refit_command_rewrites_only_the_head_of_a_saved_folder(tmp_path, tiny_p
         "conv", tokenizer=tiny_processor.tokenizer, ctc_head_config={"vocab": vocab})).eval()
     model.save_pretrained(tmp_path / "model")
     tiny_processor.save_pretrained(tmp_path / "model")
-    wavs = []
-    for i in range(len(TEXTS)):
-        buffer = io.BytesIO()
-        soundfile.write(buffer, make_audio(0.6 + 0.1 * i, seed=i), 16000, format="WAV")
-        wavs.append({"bytes": buffer.getvalue(), "path": None})
-    split = datasets.Dataset.from_dict({"audio": wavs, "transcription": TEXTS}).cast_column(
-        "audio", datasets.Audio(16000, decode=False))
-    datasets.DatasetDict({"train": split}).save_to_disk(str(tmp_path / "data"))
+    save_audio_split(tmp_path / "data", "train", [make_audio(0.6 + 0.1 * i, seed=i) for i in range(len(TEXTS))], TEXTS)
 
     main([str(tmp_path / "model"), "--dataset", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
           "--steps", "5", "--joined", "2", "--non_speech", "2"])
