@@ -152,6 +152,8 @@ def parse(argv):
         if preset == "recipe":
             defaults |= RECIPE_BY_BRIDGE.get(flag_value(argv, "bridge", RECIPE["bridge"]), {})
         argv += [x for k, v in defaults.items() if k not in given for x in (f"--{k}", str(v))]
+    if "bf16" in given and "use_cpu" not in given and not torch.accelerator.is_available():
+        argv += ["--use_cpu", "true"]  # bf16 autocast on the CPU: Trainer otherwise refuses bf16 without a GPU
     return parser.parse_args_into_dataclasses(argv)
 
 

@@ -149,3 +149,13 @@ def test_recipe_defaults_follow_the_bridge_and_flags_win():
         assert (ctc.bridge, ctc.ctc_head, ctc.ctc_loss_weight) == ("ctc", False, 1.0)
     mine = model_args("--ctc_loss_weight", "0.5", "--ctc_trains_encoder", "true")
     assert (mine.ctc_head, mine.ctc_trains_encoder, mine.ctc_loss_weight) == (True, True, 0.5)
+
+
+def test_bf16_on_a_machine_without_an_accelerator_trains_on_the_cpu_with_autocast():
+    import torch
+
+    import train_hf
+
+    targs = train_hf.parse(["--output_dir", "out", "--bf16"])[3]
+    assert targs.bf16 and targs.use_cpu == (not torch.accelerator.is_available())
+    assert not train_hf.parse(["--output_dir", "out"])[3].use_cpu  # without bf16 nothing is added
