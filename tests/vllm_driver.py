@@ -1,5 +1,6 @@
 """Runs in the serving environment (.venv-serve/bin/python, vLLM): greedy tokens of a hubert-gpt folder through
-vLLM's offline `LLM.generate`, one utterance per call and then all at once. Prints one JSON line.
+vLLM's offline `LLM.generate`, one utterance per call and then all at once. Prints one line, RESULT + JSON (vLLM logs
+to stdout too).
 
 usage: vllm_driver.py MODEL_DIR AUDIO.npy [AUDIO.npy ...]
 """
@@ -20,8 +21,9 @@ def main(folder, paths):
     prompts, params = transcription_requests(folder, audios, 16000)
     single = [llm.generate([p], [s], use_tqdm=False)[0].outputs[0] for p, s in zip(prompts, params)]
     batch = [out.outputs[0] for out in llm.generate(prompts, params, use_tqdm=False)]
-    print(json.dumps({"single": [list(o.token_ids) for o in single], "batch": [list(o.token_ids) for o in batch],
-                      "text": [o.text for o in batch]}))
+    result = {"single": [list(o.token_ids) for o in single], "batch": [list(o.token_ids) for o in batch],
+              "text": [o.text for o in batch]}
+    print("RESULT " + json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":
