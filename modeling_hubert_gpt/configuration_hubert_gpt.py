@@ -89,6 +89,10 @@ class HubertGptConfig(PretrainedConfig):
         prompt_sep_token_id (`int`, *optional*):
             Token placed after the speech, where the transcript begins. Defaults to `prompt_bos_token_id`; the
             paper uses `[SEP]`.
+        prompt_audio_token_id (`int`, *optional*):
+            The in-vocabulary token that stands for each speech position in a token-id prompt: what vLLM's renderer
+            needs (hubert_gpt_vllm/; the HF model places speech by position and never reads it). Defaults to
+            `text_config.pad_token_id` (None where that is the prompt's bos or sep token, which it must differ from).
         sampling_rate (`int`, *optional*, defaults to 16000):
             Sampling rate of the encoder's input audio.
         initializer_range (`float`, *optional*, defaults to 0.02):
@@ -109,6 +113,7 @@ class HubertGptConfig(PretrainedConfig):
         ctc_head_config=None,
         prompt_bos_token_id=None,
         prompt_sep_token_id=None,
+        prompt_audio_token_id=None,
         sampling_rate=16000,
         initializer_range=0.02,
         **kwargs,
@@ -144,6 +149,14 @@ class HubertGptConfig(PretrainedConfig):
         for name in ("prompt_bos_token_id", "prompt_sep_token_id"):
             if getattr(self, name) is None:
                 raise ValueError(f"{name} is not set and text_config has no bos_token_id to default to")
+        prompt_ids = (self.prompt_bos_token_id, self.prompt_sep_token_id)
+        if prompt_audio_token_id is None:
+            pad_id = getattr(self.text_config, "pad_token_id", None)
+            prompt_audio_token_id = None if pad_id in prompt_ids else pad_id
+        elif prompt_audio_token_id in prompt_ids or not 0 <= prompt_audio_token_id < self.text_config.vocab_size:
+            raise ValueError(f"prompt_audio_token_id {prompt_audio_token_id} must be an in-vocabulary token id (0 <= id < "
+                             f"{self.text_config.vocab_size}) other than the prompt's bos and sep tokens {prompt_ids}")
+        self.prompt_audio_token_id = prompt_audio_token_id
         self.sampling_rate = sampling_rate
         self.initializer_range = initializer_range
         kwargs.setdefault("tie_word_embeddings", False)
