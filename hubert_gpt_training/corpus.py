@@ -83,8 +83,24 @@ def plan(hours, seed):
     return rows
 
 
-def synthesize(row, augment=False, seed=0):
-    """One planned row -> (row, WAV bytes at 16 kHz)."""
+SPEED_FACTORS = (0.9, 1.0, 1.1)  # --speed_perturb: Kaldi's classic three-way speed perturbation
+
+
+def perturb_speed(audio, factor, sampling_rate=SAMPLING_RATE):
+    """`audio` (1-D float) played `factor` times as fast (pitch and tempo together, as a tape would), with
+    torchaudio.functional.speed: about len / factor samples."""
+    import torch
+    import torchaudio.functional
+
+    if factor == 1.0:
+        return audio
+    faster, _ = torchaudio.functional.speed(torch.as_tensor(audio, dtype=torch.float32)[None], sampling_rate, factor)
+    return faster[0].numpy()
+
+
+def synthesize(row, augment=False, seed=0, speed_perturb=False):
+    """One planned row -> (row, WAV bytes at 16 kHz). Training rows get, with `augment`, white noise and, with
+    `speed_perturb`, a speed factor from SPEED_FACTORS (both drawn from the sentence and the seed)."""
     import pyopenjtalk
     import soundfile
     from scipy.signal import resample_poly
@@ -92,8 +108,11 @@ def synthesize(row, augment=False, seed=0):
     split, text, speed, half_tone = row
     audio, rate = pyopenjtalk.tts(text, speed=speed, half_tone=half_tone)  # float64 in int16 range, 48 kHz
     audio = resample_poly(audio / 32768.0, SAMPLING_RATE, rate)
+    rng = np.random.default_rng([seed, int(hashlib.sha1(text.encode()).hexdigest(), 16) % 2**32])
+    if speed_perturb and split == "train":
+        audio = perturb_speed(audio, SPEED_FACTORS[rng.integers(len(SPEED_FACTORS))])
     if augment and split == "train":
-        audio = add_noise(audio, np.random.default_rng([seed, int(hashlib.sha1(text.encode()).hexdigest(), 16) % 2**32]))
+        audio = add_noise(audio, rng)
     buffer = io.BytesIO()
     soundfile.write(buffer, np.clip(audio, -1, 1).astype(np.float32), SAMPLING_RATE, format="WAV", subtype="PCM_16")
     return row, buffer.getvalue()
@@ -106,19 +125,20 @@ def add_noise(audio, rng, snr_db=(10.0, 30.0)):
     return audio + rng.standard_normal(len(audio)) * math.sqrt(power / 10 ** (snr / 10))
 
 
-def build(hours=2.0, out="data", seed=0, augment=False, workers=None):
+def build(hours=2.0, out="data", seed=0, augment=False, workers=None, speed_perturb=False):
     """Build (or reuse) the corpus; returns its folder."""
     import datasets
     from tqdm import tqdm
 
-    key = hashlib.sha1(json.dumps([FORMAT, hours, seed, augment, WORDS, TEMPLATES, TRAIN_VOICES, HELD_OUT_VOICES]).encode())
+    fields = [FORMAT, hours, seed, augment, WORDS, TEMPLATES, TRAIN_VOICES, HELD_OUT_VOICES]
+    key = hashlib.sha1(json.dumps(fields + ([SPEED_FACTORS] if speed_perturb else [])).encode())
     folder = os.path.join(out, f"ja-synth-{hours:g}h-seed{seed}-{key.hexdigest()[:8]}")
     if os.path.exists(os.path.join(folder, "dataset_dict.json")):
         return folder
     rows = plan(hours, seed)
     columns = {name: {"audio": [], "transcription": [], "speed": [], "half_tone": []} for name, _ in SPLITS}
     with Pool(workers or os.cpu_count()) as pool:
-        jobs = pool.imap(_synthesize_job, [(row, augment, seed) for row in rows], chunksize=16)
+        jobs = pool.imap(_synthesize_job, [(row, augment, seed, speed_perturb) for row in rows], chunksize=16)
         for (split, text, speed, half_tone), wav in tqdm(jobs, total=len(rows), desc="synthesising", unit="utt"):
             for key, value in (("audio", {"bytes": wav, "path": None}), ("transcription", text), ("speed", speed),
                                ("half_tone", half_tone)):
@@ -202,11 +222,13 @@ def main(argv=None):
     parser.add_argument("--out", default="data", help="parent folder (default data/)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--augment", action="store_true", help="noise at a random SNR on training audio")
+    parser.add_argument("--speed_perturb", action="store_true",
+                        help="training audio at speed 0.9, 1.0 or 1.1 (torchaudio), one drawn per sentence")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--hotword_set", type=int, default=0, metavar="N",
                         help="also build a hotword test set of N utterances next to the corpus (prints its folder too)")
     args = parser.parse_args(argv)
-    folder = build(args.hours, args.out, args.seed, args.augment, args.workers)
+    folder = build(args.hours, args.out, args.seed, args.augment, args.workers, args.speed_perturb)
     print(folder)
     if args.hotword_set:
         print(build_hotword_set(folder, args.hotword_set, args.seed, args.workers))

@@ -159,3 +159,27 @@ def test_bf16_on_a_machine_without_an_accelerator_trains_on_the_cpu_with_autocas
     targs = train_hf.parse(["--output_dir", "out", "--bf16"])[3]
     assert targs.bf16 and targs.use_cpu == (not torch.accelerator.is_available())
     assert not train_hf.parse(["--output_dir", "out"])[3].use_cpu  # without bf16 nothing is added
+
+
+def test_speed_perturbation_plays_training_audio_faster_or_slower_and_leaves_other_splits():
+    import numpy as np
+    from helpers import make_audio
+
+    audio = make_audio(1.0, seed=0)
+    assert corpus.perturb_speed(audio, 1.0) is audio
+    for factor in (0.9, 1.1):
+        assert abs(len(corpus.perturb_speed(audio, factor)) - len(audio) / factor) <= 2
+    rows = [(split, text, 1.0, 0.0) for split in ("train", "test") for text in ("今日は本を読みます", "母が水を買います")]
+    factors = []
+    for row in rows:
+        plain = soundfile.read(io.BytesIO(corpus.synthesize(row)[1]))[0]
+        perturbed = soundfile.read(io.BytesIO(corpus.synthesize(row, speed_perturb=True)[1]))[0]
+        factor = len(plain) / len(perturbed)
+        if row[0] == "train":
+            assert min(abs(factor - f) for f in corpus.SPEED_FACTORS) < 0.01
+            factors.append(factor)
+        else:
+            np.testing.assert_array_equal(plain, perturbed)
+    assert any(abs(f - 1) > 0.05 for f in factors)  # these two sentences draw 1.1
+    again = [corpus.synthesize(row, speed_perturb=True)[1] for row in rows]
+    assert again == [corpus.synthesize(row, speed_perturb=True)[1] for row in rows]  # drawn from sentence and seed
