@@ -52,9 +52,14 @@ def check_level(level):
     return level
 
 
+def samples_per_frame(model):
+    """Audio samples per encoder frame (HuBERT's conv stack: 320)."""
+    return math.prod(model.audio_tower.strides)
+
+
 def seconds_per_frame(model):
     """Seconds between two encoder frames (HuBERT's conv stack: 320 samples, 20 ms at 16 kHz)."""
-    return math.prod(model.audio_tower.strides) / model.config.sampling_rate
+    return samples_per_frame(model) / model.config.sampling_rate
 
 
 
@@ -102,7 +107,7 @@ def snap_into_sound(spans, quiet):
     with none there, onto the first sounding frame before the next spike."""
     out = []
     for k, (start, end) in enumerate(spans):
-        if not any(not q for q in quiet[start:end]):
+        if all(quiet[start:end]):
             low = out[-1][1] if out else 0
             high = spans[k + 1][0] if k + 1 < len(spans) else len(quiet)
             before = [t for t in range(low, start) if not quiet[t]]
@@ -248,6 +253,6 @@ def align(model, input_values, attention_mask=None, transcripts=None, tokenizer=
 
 def batch_quiet(model, input_values, attention_mask, num_frames):
     """(B, num_frames) bool: `quiet_frames` of each row of input_values (B, S) over its own samples."""
-    hop = math.prod(model.audio_tower.strides)
+    hop = samples_per_frame(model)
     samples = [input_values.shape[1]] * len(input_values) if attention_mask is None else attention_mask.sum(-1).tolist()
     return torch.stack([quiet_frames(row[: int(n)].cpu(), hop, num_frames) for row, n in zip(input_values, samples)])

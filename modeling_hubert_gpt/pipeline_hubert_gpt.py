@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from transformers import Pipeline, logging
 
+from .ctc_head_hubert_gpt import require_ctc_head
 from .processing_hubert_gpt import to_mono_float32
 
 TASK = "automatic-speech-recognition"
@@ -316,8 +317,6 @@ class HubertGptASRPipeline(Pipeline):
     ):
         if return_timestamps is not None and return_timestamps is not False:
             from .alignment_hubert_gpt import check_level, load_torchaudio
-            from .ctc_head_hubert_gpt import require_ctc_head
-
             require_ctc_head(self.model, "Timestamps come from")
             check_level(return_timestamps)
             load_torchaudio()  # a missing or mismatched torchaudio fails before any audio is read
@@ -331,8 +330,6 @@ class HubertGptASRPipeline(Pipeline):
         if stride_length_s is not None:
             preprocess_params["stride_length_s"] = stride_length_s
         if split_at_pauses:
-            from .ctc_head_hubert_gpt import require_ctc_head
-
             require_ctc_head(self.model, "split_at_pauses reads pauses from")
             preprocess_params["split_at_pauses"] = True
         forward_params = {**(generate_kwargs or {}), **more_generate_kwargs}
@@ -361,7 +358,9 @@ class HubertGptASRPipeline(Pipeline):
         return chunk_len, overlap
 
     def _hop(self):
-        return math.prod(self.model.audio_tower.strides) if hasattr(self.model, "audio_tower") else 1
+        from .alignment_hubert_gpt import samples_per_frame
+
+        return samples_per_frame(self.model) if hasattr(self.model, "audio_tower") else 1
 
     def _auto_chunk_length_s(self, num_samples):
         """chunk_length_s for audio longer than the model takes (duration_hubert_gpt.py), or None when it fits."""

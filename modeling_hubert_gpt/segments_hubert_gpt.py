@@ -71,27 +71,19 @@ def pause_frames(log_probs, blank_id, quiet=None):
     return is_pause if quiet is None else is_pause & quiet
 
 
-def run_around(t, is_pause):
-    """The (start, end) frames of the pause run holding frame t."""
-    start, end = t, t
-    while start > 0 and is_pause[start - 1]:
-        start -= 1
-    while end < len(is_pause) and is_pause[end]:
-        end += 1
-    return start, end
+def edges_in_pauses(start, end, runs, hop, longest, total, margin):
+    """A piece's samples [start, end), each cut edge that lies in a pause run of `runs` ([(start, end)] frames, from
+    `pause_runs`) moved to `margin` frames of pause from the speech next to it: the piece keeps that much silence
+    (sharing a short pause with its neighbour, leaving out the middle of a long one), as the utterances a model learns
+    from have some silence around them. The input's own ends (0, total) stay; a piece that would grow past `longest`
+    samples keeps its cuts."""
+    def run_holding(sample):
+        return next(((a, b) for a, b in runs if a <= sample // hop < b), None)
 
-
-def edges_in_pauses(start, end, is_pause, hop, longest, total, margin):
-    """A piece's samples [start, end), each cut edge moved to `margin` frames of pause from the speech next to it:
-    the piece keeps that much silence (sharing a short pause with its neighbour, leaving out the middle of a long one),
-    as the utterances a model learns from have some silence around them. The input's own ends (0, total) stay; a
-    piece that would grow past `longest` samples keeps its cuts."""
     new_start, new_end = start, end
-    if start > 0 and is_pause[start // hop]:
-        run = run_around(start // hop, is_pause)
+    if start > 0 and (run := run_holding(start)):
         new_start = max(run[0], run[1] - margin) * hop
-    if end < total and is_pause[end // hop]:
-        run = run_around(end // hop, is_pause)
+    if end < total and (run := run_holding(end)):
         new_end = min(total, min(run[1], run[0] + margin) * hop)
     return (new_start, new_end) if new_end - new_start <= longest else (start, end)
 
@@ -149,7 +141,7 @@ def cut_at_pauses(model, feature_extractor, audio, chunk_len, hop):
         if cut - (kept[-1] if kept else 0) >= shortest and len(audio) - cut >= shortest:
             kept.append(cut)
     edges = [0] + kept + [len(audio)]
-    is_pause = pause_frames(log_probs, model.ctc_head.blank_id, quiet).tolist()
+    runs = pause_runs(pause_frames(log_probs, model.ctc_head.blank_id, quiet).tolist())
     margin = round(PIECE_MARGIN_SECONDS / seconds_per_frame(model))
-    pieces = [edges_in_pauses(a, b, is_pause, hop, chunk_len, len(audio), margin) for a, b in zip(edges, edges[1:])]
+    pieces = [edges_in_pauses(a, b, runs, hop, chunk_len, len(audio), margin) for a, b in zip(edges, edges[1:])]
     return pieces, log_probs, quiet

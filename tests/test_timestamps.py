@@ -14,7 +14,7 @@ from hubert_gpt_training.tiny import tiny_config
 from modeling_hubert_gpt import HubertGptASRPipeline, HubertGptForConditionalGeneration
 from modeling_hubert_gpt.alignment_hubert_gpt import align_texts, char_frames
 from modeling_hubert_gpt.pipeline_hubert_gpt import chunk_spans, join_pieces, stitch_posteriors
-from modeling_hubert_gpt.segments_hubert_gpt import cut_at_pauses, pause_segments, quiet_frames, edges_in_pauses
+from modeling_hubert_gpt.segments_hubert_gpt import cut_at_pauses, edges_in_pauses, pause_runs, pause_segments, quiet_frames
 
 VOCAB = ["あ", "い", "う", "え"]
 BLANK = len(VOCAB)
@@ -262,9 +262,9 @@ def test_pieces_join_with_a_space_except_between_scripts_written_without_one():
 
 
 def test_pieces_keep_a_margin_of_the_pauses_at_their_cuts_within_the_longest_piece():
-    is_pause = [False] * 10 + [True] * 10 + [False] * 10  # frames of 100 samples; a pause on frames 10-19
-    assert edges_in_pauses(0, 1500, is_pause, 100, 3000, 3000, 3) == (0, 1300)  # 3 frames of pause kept
-    assert edges_in_pauses(1500, 3000, is_pause, 100, 3000, 3000, 3) == (1700, 3000)
-    assert edges_in_pauses(1500, 3000, is_pause, 100, 3000, 3000, 8) == (1200, 3000)  # a short pause: shared
-    assert edges_in_pauses(1500, 3000, is_pause, 100, 1700, 3000, 8) == (1500, 3000)  # longer than 1700: kept
-    assert edges_in_pauses(0, 3000, is_pause, 100, 3000, 3000, 3) == (0, 3000)  # the input's ends stay
+    runs = pause_runs([False] * 10 + [True] * 10 + [False] * 10)  # frames of 100 samples; a pause on frames 10-19
+    assert edges_in_pauses(0, 1500, runs, 100, 3000, 3000, 3) == (0, 1300)  # 3 frames of pause kept
+    assert edges_in_pauses(1500, 3000, runs, 100, 3000, 3000, 3) == (1700, 3000)
+    assert edges_in_pauses(1500, 3000, runs, 100, 3000, 3000, 8) == (1200, 3000)  # a short pause: shared
+    assert edges_in_pauses(1500, 3000, runs, 100, 1700, 3000, 8) == (1500, 3000)  # longer than 1700: kept
+    assert edges_in_pauses(0, 3000, runs, 100, 3000, 3000, 3) == (0, 3000)  # the input's ends stay
