@@ -79,6 +79,9 @@ WEIGHT_FILES = (
     "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
 )
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# The checkpoint's files are memory-mapped; the pages read stay in the process until the mapping is closed. Closing it
+# after every this many bytes copied keeps conversion at the model's size plus this much, not twice the model.
+RELEASE_EVERY_BYTES = 64 * 1024**2
 
 
 # --- reading the source -------------------------------------------------------------------------------------------
@@ -162,6 +165,10 @@ class _Checkpoint:
     def keys(self):
         return list(self._where)
 
+    def release(self):
+        """Close the files (their mapped pages leave the process); the next read opens them again."""
+        self._handles.clear()
+
     def dtype_and_numel(self, key):
         handle = self._open(self._where[key])
         if not hasattr(handle, "get_slice"):
@@ -243,6 +250,7 @@ def load_nue_weights(model, checkpoint):
                 f"checkpoint buffer {key} does not match the rotary frequencies the model computes from llm_config "
                 "(rotary_pct / rotary_emb_base); the converted model would place tokens differently"
             )
+    copied = 0
     with torch.no_grad():
         for target, key in targets.items():
             tensor, param = checkpoint[key], params[target]
@@ -252,6 +260,12 @@ def load_nue_weights(model, checkpoint):
                     f"{tuple(param.shape)}; does config.json belong to these weights?"
                 )
             param.copy_(tensor)
+            copied += tensor.numel() * tensor.element_size()
+            del tensor
+            if copied >= RELEASE_EVERY_BYTES:
+                checkpoint.release()
+                copied = 0
+    checkpoint.release()
     return targets
 
 

@@ -323,6 +323,39 @@ def test_dtype_auto_keeps_the_checkpoints(group_src, tmp_path):
     assert torch.equal(model.bridge.proj.weight, reference.bridge_proj.weight.half().float())
 
 
+def mapped_files():
+    """Paths of the files memory-mapped into this process now (Linux: /proc/self/maps)."""
+    with open("/proc/self/maps") as f:
+        return {line.split(maxsplit=5)[5].strip() for line in f if len(line.split(maxsplit=5)) == 6}
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_checkpoint_is_closed_while_copying_and_weights_stay_exact(group_src, tmp_path, monkeypatch, fmt):
+    """Conversion closes the checkpoint's mapped files every RELEASE_EVERY_BYTES copied (so a 7 GB checkpoint's pages
+    do not pile up beside the model): closing after every tensor gives the same weights, and no mapping is left."""
+    reference, _, src = group_src
+    folder = tmp_path / fmt
+    shutil.copytree(src, folder)
+    write_weights(folder, nue_state_dict(reference), fmt)
+    weights = str(folder / ("model.safetensors" if fmt == "safetensors" else "pytorch_model.bin"))
+    expected, _ = convert_nue_asr.load_nue_asr(str(folder))
+    assert weights not in mapped_files()
+    monkeypatch.setattr(convert_nue_asr, "RELEASE_EVERY_BYTES", 1)
+    mapped_during_copy, release = [], convert_nue_asr._Checkpoint.release
+
+    def counting_release(self):
+        release(self)
+        mapped_during_copy.append(weights in mapped_files())
+
+    monkeypatch.setattr(convert_nue_asr._Checkpoint, "release", counting_release)
+    model, _ = convert_nue_asr.load_nue_asr(str(folder))
+    tensors = len(load_file(str(src / "model.safetensors")))
+    assert len(mapped_during_copy) == tensors + 1  # after every tensor, and once at the end
+    assert not any(mapped_during_copy)
+    for (name, got), (_, want) in zip(model.state_dict().items(), expected.state_dict().items()):
+        assert torch.equal(got, want), name
+
+
 def test_not_a_nue_asr_folder(tmp_path, group_src):
     _, _, src = group_src
     shutil.copytree(src, tmp_path / "x")
