@@ -1,25 +1,31 @@
 #!/usr/bin/env python
 """The paper's size on one CPU machine: a random-weight checkpoint in rinna/nue-asr's exact format, converted,
-loaded in bf16, transcribing, and one LoRA training step, each phase in its own process with its peak RSS.
+loaded, transcribing, and one LoRA training step, each phase in its own process with its peak RSS.
 
     python bench/paper_scale.py --json paper.json                                 # full size: HuBERT base + 36 x 2816
+    python bench/paper_scale.py --dtype float32 --json paper.json                 # a CPU without native bf16
     python bench/paper_scale.py --llm_layers 4 --llm_hidden 1024 --encoder_layers 4 --json small.json   # reduced
+    python bench/paper_scale.py --work_dir w --phases baseline,infer,lora --dtype float32   # again, on w's files
 
 Phases (a fresh process each; peak RSS = the process's ru_maxrss, `rss_over_baseline` subtracts a process that only
 imports torch + transformers + our code):
   build      nue-asr's files: config.json (model_type nue_asr, rinna's sub-configs), pytorch_model.bin in fp16 (random
              N(0, 0.02) tensors, written as released), spiece.model + T5Tokenizer tokenizer_config.json
   convert    convert_nue_asr.py --dtype auto (goal: peak RSS <= 1.3 x the checkpoint's bytes)
-  infer      AutoModelForSpeechSeq2Seq.from_pretrained(..., dtype=torch.bfloat16): load time; a 10 s utterance and a
-             batch of 8 transcribed; decode ms/token at batch 1 and 8 ((wall of 33 forced tokens - wall of 1) / 32);
-             and the memory-read bound measured in the same process: LLM weight bytes / read bandwidth (a 256 MiB
-             tensor summed, best of 5). Goal: batch-1 decode within 1.5 x that bound.
+  infer      the CPU's bf16 flags and a bf16 / fp32 matmul's GFLOPS; AutoModelForSpeechSeq2Seq.from_pretrained(...,
+             dtype=--dtype): load time; a 10 s utterance and a batch of 8 transcribed, one generate each with 33
+             forced tokens, timed step by step (a logits processor notes each step's time): prefill seconds and the
+             median decode ms/token at batch 1 and 8; and the memory-read bound measured in the same process: LLM
+             weight bytes / read bandwidth (a 256 MiB fp32 tensor summed, best of 5). Goal: batch-1 decode within
+             1.5 x that bound.
   lora       train_hf.py's code path (build_model from the folder, choose_trainable --lora, SpeechCollator,
-             HubertGptTrainer) for one optimizer step: gradient checkpointing, bf16, batch 1 of 10 s; the model is
-             cast to bf16 after build_model (which keeps the converted fp16, refused by CPU bf16 autocast)
+             HubertGptTrainer) for one optimizer step: gradient checkpointing, batch 1 of 10 s; the model is cast to
+             --dtype after build_model (which keeps the converted fp16, refused by CPU bf16 autocast), with bf16
+             autocast when --dtype is bfloat16
 """
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -98,14 +104,37 @@ def phase_convert(args):
 
 
 def read_bandwidth():
-    """Bytes per second summing a 256 MiB bf16 tensor (far beyond the caches; best of 5): the rate at which weights
-    stream from memory. Measured before the model is loaded, so it adds nothing to the phase's peak RSS."""
+    """Bytes per second summing a 256 MiB fp32 tensor (far beyond the caches; best of 5; fp32, which every CPU adds
+    natively): the rate at which weights stream from memory. Measured before the model is loaded, so it adds nothing
+    to the phase's peak RSS."""
     import torch
 
-    data = torch.ones(GiB // 8, dtype=torch.bfloat16)
+    data = torch.ones(GiB // 16, dtype=torch.float32)
     data.sum()
     best = min(_timed(data.sum) for _ in range(5))
     return data.numel() * data.element_size() / best
+
+
+def matmul_gflops(dtype, tokens=64, width=2816):
+    """GFLOPS of one (tokens x width) @ (width x 4*width) product in `dtype`, the shape of the LLM's MLP (best of 3):
+    a CPU without native bf16 (no AVX512-BF16 / AMX) computes bf16 many times slower than fp32."""
+    import torch
+
+    x, w = torch.randn(tokens, width, dtype=dtype), torch.randn(4 * width, width, dtype=dtype)
+    best = min(_timed(lambda: torch.nn.functional.linear(x, w)) for _ in range(3))
+    return 2 * tokens * width * 4 * width / best / 1e9
+
+
+def cpu_flags():
+    """The CPU's model name and which of its flags matter for bf16 (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return {}
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    return {"cpu": name, **{flag: flag in flags for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")}}
 
 
 def _timed(fn):
@@ -114,28 +143,44 @@ def _timed(fn):
     return time.perf_counter() - started
 
 
+class StepClock:
+    """A logits processor that only notes the time of each decoding step (generate calls it once per new token, after
+    the forward pass): the first note ends the prefill, the gaps between notes are the per-token decode times."""
+
+    def __init__(self):
+        self.times = []
+
+    def __call__(self, input_ids, scores):
+        self.times.append(time.perf_counter())
+        return scores
+
+
 def phase_infer(args):
     import numpy as np
     import torch
-    from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
+    from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor, LogitsProcessorList
 
     bandwidth = read_bandwidth()
+    dtype = getattr(torch, args.dtype)
+    out = {"dtype": args.dtype, **cpu_flags(), "matmul_gflops_bf16": round(matmul_gflops(torch.bfloat16), 1),
+           "matmul_gflops_fp32": round(matmul_gflops(torch.float32), 1)}
     started = time.time()
-    model = AutoModelForSpeechSeq2Seq.from_pretrained(args.dst, trust_remote_code=True, dtype=torch.bfloat16).eval()
-    load_s = time.time() - started
+    model = AutoModelForSpeechSeq2Seq.from_pretrained(args.dst, trust_remote_code=True, dtype=dtype).eval()
+    out["load_s"] = round(time.time() - started, 1)
     processor = AutoProcessor.from_pretrained(args.dst, trust_remote_code=True)
     rng = np.random.default_rng(0)
     audio = [(0.1 * rng.standard_normal(160000)).astype(np.float32) for _ in range(8)]  # 10 s each
-    out = {"load_s": round(load_s, 1)}
-
-    def decode(batch, tokens):
+    tokens = 33
+    for batch in (1, 8):  # one generate each: the prefill once, then `tokens` forced decoding steps
         inputs = processor(audio=audio[:batch], sampling_rate=16000, return_tensors="pt")
+        clock = StepClock()
         with torch.inference_mode():
-            return _timed(lambda: model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens))
-
-    for batch in (1, 8):
-        out[f"transcribe_b{batch}_s"] = round(decode(batch, 1), 2)  # warm-up, and prefill alone
-        out[f"decode_ms_per_token_b{batch}"] = round(1000 * (decode(batch, 33) - decode(batch, 1)) / 32, 1)
+            started = time.perf_counter()
+            model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens,
+                           logits_processor=LogitsProcessorList([clock]))
+        steps = np.diff(clock.times)  # (tokens - 1,) seconds per decoding step
+        out[f"prefill_b{batch}_s"] = round(clock.times[0] - started, 2)  # encoder + bridge + LLM over the prompt
+        out[f"decode_ms_per_token_b{batch}"] = round(1000 * float(np.median(steps)), 1)
     llm_bytes = sum(p.numel() * p.element_size() for p in model.language_model.parameters())
     out.update(llm_weight_bytes=llm_bytes, read_bandwidth_gb_s=round(bandwidth / 1e9, 2),
                bound_ms_per_token=round(1000 * llm_bytes / bandwidth, 1))
@@ -157,12 +202,12 @@ def phase_lora(args):
         margs = train_hf.ModelArguments(model_name_or_path=args.dst, lora=True)
         model, processor = train_hf.build_model(margs, [], work)
         # build_model keeps the checkpoint's fp16, which CPU bf16 autocast refuses (GroupNorm: "mixed dtype");
-        # the frozen base in bf16, as LoRA on one machine is run
-        model = model.to(torch.bfloat16)
+        # the frozen base in --dtype (bf16: as LoRA on one machine is run where the CPU computes bf16 natively)
+        model = model.to(getattr(torch, args.dtype))
         model = train_hf.choose_trainable(model, margs)
         rng = np.random.default_rng(0)
         rows = [{"audio": (0.1 * rng.standard_normal(160000)).astype(np.float32), "text": "今日は晴れです"}]
-        targs = Seq2SeqTrainingArguments(output_dir=work, use_cpu=True, bf16=True, gradient_checkpointing=True,
+        targs = Seq2SeqTrainingArguments(output_dir=work, use_cpu=True, bf16=args.dtype == "bfloat16", gradient_checkpointing=True,
                                          gradient_checkpointing_kwargs={"use_reentrant": False}, max_steps=1,
                                          per_device_train_batch_size=1, report_to="none", save_strategy="no",
                                          remove_unused_columns=False, learning_rate=1e-4)
@@ -195,7 +240,13 @@ def main():
     parser.add_argument("--llm_hidden", type=int, default=2816, help="a multiple of 128 (the head size)")
     parser.add_argument("--encoder_layers", type=int, default=12)
     parser.add_argument("--encoder_hidden", type=int, default=768, help="a multiple of 64 (the head size)")
-    parser.add_argument("--work_dir", help="where the checkpoints go (default: a temporary folder, removed)")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                        help="of the loaded model (infer) and the frozen base (lora); float32 where the CPU lacks "
+                             "native bf16 (the infer phase reports the CPU's flags and both dtypes' matmul GFLOPS)")
+    parser.add_argument("--work_dir", help="where the checkpoints go (default: a temporary folder, removed); a given "
+                                           "folder is kept, so that --phases can rerun later phases on its files")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help=f"comma-separated phases to run, in order (default all: {','.join(PHASES)})")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--phase", choices=list(PHASES), help=argparse.SUPPRESS)
     parser.add_argument("--src", help=argparse.SUPPRESS)
@@ -208,23 +259,36 @@ def main():
         out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         print(json.dumps(out))
         return
+    phases = args.phases.split(",")
+    unknown = [name for name in phases if name not in PHASES]
+    if unknown:
+        parser.error(f"--phases: unknown {', '.join(unknown)}; choose from {', '.join(PHASES)}")
     size = ["--llm_layers", str(args.llm_layers), "--llm_hidden", str(args.llm_hidden), "--encoder_layers",
-            str(args.encoder_layers), "--encoder_hidden", str(args.encoder_hidden)]
-    with tempfile.TemporaryDirectory(dir=args.work_dir) as work:
+            str(args.encoder_layers), "--encoder_hidden", str(args.encoder_hidden), "--dtype", args.dtype]
+    results = {"size": dict(llm_layers=args.llm_layers, llm_hidden=args.llm_hidden,
+                            encoder_layers=args.encoder_layers, encoder_hidden=args.encoder_hidden)}
+    with contextlib.ExitStack() as stack:
+        work = args.work_dir or stack.enter_context(tempfile.TemporaryDirectory())
+        os.makedirs(work, exist_ok=True)
         paths = ["--src", os.path.join(work, "nue-asr"), "--dst", os.path.join(work, "converted")]
-        results = {"size": dict(llm_layers=args.llm_layers, llm_hidden=args.llm_hidden,
-                                encoder_layers=args.encoder_layers, encoder_hidden=args.encoder_hidden)}
-        for name in PHASES:
+        for name in phases:
             results[name] = run_phase(name, size + paths)
             print(f"{name}: {json.dumps(results[name])}", flush=True)
-    base = results["baseline"]["peak_rss_bytes"]
-    ckpt = results["build"]["checkpoint_bytes"]
-    summary = {name: {"peak_rss_gib": round(results[name]["peak_rss_bytes"] / GiB, 2),
-                      "rss_over_baseline_gib": round((results[name]["peak_rss_bytes"] - base) / GiB, 2)}
-               for name in ("convert", "infer", "lora")}
-    summary["checkpoint_gib"] = round(ckpt / GiB, 3)
-    summary["convert_rss_over_checkpoint"] = round(results["convert"]["peak_rss_bytes"] / ckpt, 2)
-    summary["convert_rss_over_baseline_over_checkpoint"] = round((results["convert"]["peak_rss_bytes"] - base) / ckpt, 2)
+        checkpoint = os.path.join(work, "nue-asr", "pytorch_model.bin")
+        ckpt = os.path.getsize(checkpoint) if os.path.exists(checkpoint) else None
+    summary = {name: {"peak_rss_gib": round(results[name]["peak_rss_bytes"] / GiB, 2)}
+               for name in ("convert", "infer", "lora") if name in results}
+    if "baseline" in results:
+        base = results["baseline"]["peak_rss_bytes"]
+        for name in summary:
+            summary[name]["rss_over_baseline_gib"] = round((results[name]["peak_rss_bytes"] - base) / GiB, 2)
+    if ckpt:
+        summary["checkpoint_gib"] = round(ckpt / GiB, 3)
+    if ckpt and "convert" in results:
+        summary["convert_rss_over_checkpoint"] = round(results["convert"]["peak_rss_bytes"] / ckpt, 2)
+        if "baseline" in results:
+            summary["convert_rss_over_baseline_over_checkpoint"] = round(
+                (results["convert"]["peak_rss_bytes"] - base) / ckpt, 2)
     results["summary"] = summary
     print(json.dumps(summary, indent=2))
     if args.json:

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """The paper's shape through vLLM on CPU: HuBERT base + GPT-NeoX 36 x 2816 (vocabulary 32000), random N(0, 0.02)
 weights in bf16, written as a hubert-gpt folder, then served by vLLM's offline engine: decode ms/token at batch 1 and
-8 (10 s utterances; (wall of 33 forced tokens - wall of 1) / 32, as bench/paper_scale.py measures the HF model).
+8 (10 s utterances; (wall of 33 forced tokens - wall of 1) / 32, as bench/paper_scale.py measured the HF model
+when the README's comparison was made).
 
     .venv/bin/python bench/vllm_paper_scale.py --json vllm_paper.json          # full size: ~7.4 GB of weights
     .venv/bin/python bench/vllm_paper_scale.py --llm_layers 4 --llm_hidden 1024 --encoder_layers 4   # reduced
