@@ -32,6 +32,8 @@ from transformers import (
     Wav2Vec2FeatureExtractor,
 )
 
+from hubert_gpt_training.cpu import cpu_info, emulates_bf16
+
 logger = logging.getLogger("train_hf")
 
 
@@ -156,7 +158,12 @@ def parse(argv):
         argv += [x for k, v in defaults.items() if k not in given for x in (f"--{k}", str(v))]
     if "bf16" in given and "use_cpu" not in given and not torch.accelerator.is_available():
         argv += ["--use_cpu", "true"]  # bf16 autocast on the CPU: Trainer otherwise refuses bf16 without a GPU
-    return parser.parse_args_into_dataclasses(argv)
+    parsed = parser.parse_args_into_dataclasses(argv)
+    targs = parsed[3]
+    if targs.bf16 and (targs.use_cpu or not torch.accelerator.is_available()) and emulates_bf16(info := cpu_info()):
+        print(f"WARNING: --bf16 on this CPU ({info['cpu'] or 'unknown model'}: no AVX512-BF16 or AMX) computes bf16 in "
+              "emulation, several times slower than fp32; leave --bf16 out on this machine.", file=sys.stderr)
+    return parsed
 
 
 def flag_value(argv, name, default=None):

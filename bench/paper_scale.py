@@ -125,18 +125,6 @@ def matmul_gflops(dtype, tokens=64, width=2816):
     return 2 * tokens * width * 4 * width / best / 1e9
 
 
-def cpu_flags():
-    """The CPU's model name and which of its flags matter for bf16 (Linux /proc/cpuinfo; empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-    except OSError:
-        return {}
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    return {"cpu": name, **{flag: flag in flags for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")}}
-
-
 def _timed(fn):
     started = time.perf_counter()
     fn()
@@ -162,7 +150,9 @@ def phase_infer(args):
 
     bandwidth = read_bandwidth()
     dtype = getattr(torch, args.dtype)
-    out = {"dtype": args.dtype, **cpu_flags(), "matmul_gflops_bf16": round(matmul_gflops(torch.bfloat16), 1),
+    from hubert_gpt_training.cpu import cpu_info
+
+    out = {"dtype": args.dtype, **cpu_info(), "matmul_gflops_bf16": round(matmul_gflops(torch.bfloat16), 1),
            "matmul_gflops_fp32": round(matmul_gflops(torch.float32), 1)}
     started = time.time()
     model = AutoModelForSpeechSeq2Seq.from_pretrained(args.dst, trust_remote_code=True, dtype=dtype).eval()
