@@ -148,10 +148,10 @@ def phase_infer(args):
     import torch
     from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor, LogitsProcessorList
 
-    bandwidth = read_bandwidth()
-    dtype = getattr(torch, args.dtype)
     from hubert_gpt_training.cpu import cpu_info
 
+    bandwidth = read_bandwidth()
+    dtype = getattr(torch, args.dtype)
     out = {"dtype": args.dtype, **cpu_info(), "matmul_gflops_bf16": round(matmul_gflops(torch.bfloat16), 1),
            "matmul_gflops_fp32": round(matmul_gflops(torch.float32), 1)}
     started = time.time()
@@ -197,8 +197,8 @@ def phase_lora(args):
         model = train_hf.choose_trainable(model, margs)
         rng = np.random.default_rng(0)
         rows = [{"audio": (0.1 * rng.standard_normal(160000)).astype(np.float32), "text": "今日は晴れです"}]
-        targs = Seq2SeqTrainingArguments(output_dir=work, use_cpu=True, bf16=args.dtype == "bfloat16", gradient_checkpointing=True,
-                                         gradient_checkpointing_kwargs={"use_reentrant": False}, max_steps=1,
+        targs = Seq2SeqTrainingArguments(output_dir=work, use_cpu=True, bf16=args.dtype == "bfloat16",
+                                         gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}, max_steps=1,
                                          per_device_train_batch_size=1, report_to="none", save_strategy="no",
                                          remove_unused_columns=False, learning_rate=1e-4)
         trainer = HubertGptTrainer(model=model, args=targs, train_dataset=Dataset.from_list(rows),
