@@ -198,7 +198,8 @@ def phase_lora(args):
         rng = np.random.default_rng(0)
         rows = [{"audio": (0.1 * rng.standard_normal(160000)).astype(np.float32), "text": "今日は晴れです"}]
         targs = Seq2SeqTrainingArguments(output_dir=work, use_cpu=True, bf16=args.dtype == "bfloat16",
-                                         gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}, max_steps=1,
+                                         gradient_checkpointing=True,
+                                         gradient_checkpointing_kwargs={"use_reentrant": False}, max_steps=1,
                                          per_device_train_batch_size=1, report_to="none", save_strategy="no",
                                          remove_unused_columns=False, learning_rate=1e-4)
         trainer = HubertGptTrainer(model=model, args=targs, train_dataset=Dataset.from_list(rows),

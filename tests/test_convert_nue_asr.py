@@ -326,7 +326,8 @@ def test_dtype_auto_keeps_the_checkpoints(group_src, tmp_path):
 def mapped_files():
     """Paths of the files memory-mapped into this process now (Linux: /proc/self/maps)."""
     with open("/proc/self/maps") as f:
-        return {line.split(maxsplit=5)[5].strip() for line in f if len(line.split(maxsplit=5)) == 6}
+        fields = (line.split(maxsplit=5) for line in f)
+        return {parts[5].strip() for parts in fields if len(parts) == 6}
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
@@ -349,7 +350,7 @@ def test_checkpoint_is_closed_while_copying_and_weights_stay_exact(group_src, tm
 
     monkeypatch.setattr(convert_nue_asr._Checkpoint, "release", counting_release)
     model, _ = convert_nue_asr.load_nue_asr(str(folder))
-    tensors = len(load_file(str(src / "model.safetensors")))
+    tensors = len(nue_state_dict(reference))
     assert len(mapped_during_copy) == tensors + 1  # after every tensor, and once at the end
     assert not any(mapped_during_copy)
     for (name, got), (_, want) in zip(model.state_dict().items(), expected.state_dict().items()):
