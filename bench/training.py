@@ -12,6 +12,9 @@ weight decay, gradient clipping at 1.0, the CTC draft head's loss with its weigh
 lever switched at a time:
   workers     collation (audio decoding from arrow, padding, tokenizing) in a DataLoader worker process
   no_dropout  the encoder's dropout off (the model from a config with every *dropout at 0)
+  hop640      the encoder at 25 Hz (train_hf.py --encoder_hop 640): one more stride-2 layer before its transformer,
+              so the encoder's layers, the bridge and the LLM's speech prompt see half the frames (the log-mel
+              front end has no weights of its own for it: the same weights as the recipe)
   compile     torch.compile (default settings) of the model for training; its compile time is reported apart
   bf16        bf16 autocast around forward and loss
 Every variant starts from the same weights and trains on the same batches in the same order; the variants take
@@ -141,7 +144,7 @@ def run_epoch(model, rows, index_batches, lr=1e-3):
     }
 
 
-LEVERS = ("recipe", "workers", "no_dropout", "compile", "bf16")
+LEVERS = ("recipe", "workers", "no_dropout", "hop640", "compile", "bf16")
 
 
 def recipe_setup(corpus_hours, corpus_dir, model_size, work_dir):
@@ -174,6 +177,21 @@ def without_dropout(model):
     return plain
 
 
+def at_hop(model, hop):
+    """A copy of `model` whose encoder takes `hop` samples per frame (`tiny.conv_stack`), with the same weights (a
+    log-mel front end has none for its conv stack's layers)."""
+    from hubert_gpt_training.tiny import conv_stack
+
+    config = copy.deepcopy(model.config)
+    audio = config.audio_config
+    audio.conv_kernel, audio.conv_stride = conv_stack(hop)
+    audio.conv_dim = (audio.conv_dim[-1],) * len(audio.conv_kernel)
+    audio.num_feat_extract_layers = len(audio.conv_kernel)
+    other = type(model)(config)
+    other.load_state_dict(model.state_dict())
+    return other
+
+
 def lever_batches(lengths, batch, count, seed):
     """`count` full batches of dataset indices, length-grouped as Trainer's group_by_length, epoch after epoch."""
     out, epoch = [], 0
@@ -191,7 +209,8 @@ class Variant:
     def __init__(self, name, model, targs, margs, train, collator):
         self.name, self.train, self.collator = name, train, collator
         self.workers = 1 if name == "workers" else 0
-        self.model = without_dropout(model) if name == "no_dropout" else copy.deepcopy(model)
+        changed = {"no_dropout": without_dropout, "hop640": lambda m: at_hop(m, 640)}.get(name, copy.deepcopy)
+        self.model = changed(model)
         self.model.train()
         self.forward = torch.compile(self.model) if name == "compile" else self.model
         self.autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16")

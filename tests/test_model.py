@@ -46,19 +46,22 @@ VARIANTS = [
     dict(bridge_type="ctc", feat_extract_norm="layer", audio_model_type="wavlm", text_model_type="llama"),
     dict(bridge_type="conv", feat_extract_norm="group", audio_frontend="log_mel"),
     dict(bridge_type="ctc", feat_extract_norm="layer", audio_frontend="log_mel"),
+    dict(bridge_type="conv", feat_extract_norm="layer", audio_frontend="log_mel", hop=640),
+    dict(bridge_type="ctc", feat_extract_norm="group", hop=640),
 ]
 
 
 @pytest.mark.parametrize("max_padding", [None, 0.1], ids=["one-encoder-call", "length-groups"])
-@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(v.values()))
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(map(str, v.values())))
 def test_batched_generate_equals_single(variant, max_padding):
     # None: the whole padded batch through the encoder at once (masks, group norm); 0.1: the CPU default, where
     # these lengths are encoded one group each and only the bridge and the LLM see a padded batch.
     model = build(max_padding=max_padding, **variant)
-    values, mask = padded_batch()
+    lengths = [max(n, model.min_input_samples) for n in LENGTHS]  # 25 Hz + conv bridge: 5000 samples are too few
+    values, mask = padded_batch(lengths)
     batched = model.generate(values, mask)
     pad = model.generation_config.pad_token_id
-    for i, n in enumerate(LENGTHS):
+    for i, n in enumerate(lengths):
         single = model.generate(values[i : i + 1, :n])
         assert strip(batched[i], pad) == strip(single[0], pad)
         # The speech prompt itself is the same, not just the argmax.
@@ -87,6 +90,23 @@ def test_log_mel_front_end_replaces_the_conv_stack_and_counts_frames_as_it(tmp_p
     assert loaded.config.audio_frontend == "log_mel"
     values, mask = padded_batch()
     torch.testing.assert_close(loaded.generate(values, mask), model.generate(values, mask), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("frontend", ["conv", "log_mel"])
+def test_hop_640_halves_the_frame_rate(frontend):
+    """hop=640: one more stride-2 layer (kernel 2) before the transformer: 25 Hz frames, each one the two 50 Hz
+    frames it covers would have been."""
+    fast, slow = build(audio_frontend=frontend), build(audio_frontend=frontend, hop=640)
+    assert slow.config.audio_config.num_feat_extract_layers == 8
+    for n in (720, 1039, 1040, 16000, 32000):  # 720-sample window, 640-sample hop
+        values = 0.1 * torch.randn(1, n)
+        expected = (n - 720) // 640 + 1
+        assert int(slow.encoder_output_lengths(torch.tensor([n]))[0]) == expected
+        assert int(fast.encoder_output_lengths(torch.tensor([n]))[0]) // 2 == expected
+        with torch.no_grad():
+            assert slow.audio_tower.model(values).last_hidden_state.shape[1] == expected
+    with pytest.raises(ValueError, match="hop must be 320 .* or 640"):
+        tiny_config(hop=480)
 
 
 def test_log_mel_front_end_errors():
