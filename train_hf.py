@@ -69,6 +69,9 @@ class ModelArguments:
     encoder_hop: int = field(default=320, metadata={
         "help": "random-init encoders: audio samples per encoder frame, 320 (50 Hz) or 640 (25 Hz: half the frames "
                 "for the encoder's layers, the bridge and the LLM's speech prompt)", "choices": [320, 640]})
+    frontend_width: int | None = field(default=None, metadata={
+        "help": "random-init encoders: channels of the front end's output (the conv stack's, or the log-mel front "
+                "end's projection); default 32 (tiny) / 48 (small)"})
     vocab_size: int = field(default=200, metadata={"help": "sentencepiece size for a random-init model's tokenizer"})
     freeze_encoder: bool = field(default=False, metadata={"help": "keep the speech encoder fixed"})
     freeze_bridge: bool = field(default=False, metadata={"help": "keep the bridge fixed"})
@@ -231,12 +234,10 @@ def build_model(margs, train_texts, work_dir):
     from hubert_gpt_training.tokenizer import train_tokenizer
 
     tokenizer = train_tokenizer(train_texts, os.path.join(work_dir, "tokenizer"), vocab_size=margs.vocab_size)
-    # A conv stack on raw 16 kHz audio would dominate an encoder this small: keep its channels few. With log_mel,
-    # conv_dim[-1] is only the front end's output width: the encoder's own (48 there learned the acoustics more
-    # slowly: CTC loss 1.59 vs 1.28 after 400 steps of the encoder alone at 25 Hz).
+    # A conv stack on raw 16 kHz audio would dominate an encoder this small: keep its channels few (with log_mel,
+    # conv_dim[-1] is the front end's output width, --frontend_width).
     width, layers, conv_dim = (64, 2, 32) if margs.model_size == "tiny" else (192, 4, 48)
-    if margs.audio_frontend == "log_mel":
-        conv_dim = width
+    conv_dim = margs.frontend_width or conv_dim
     config = tiny_config(margs.bridge, tokenizer=tokenizer, width=width, layers=layers, conv_dim=conv_dim,
                          audio_frontend=margs.audio_frontend, dropout=margs.encoder_dropout, hop=margs.encoder_hop, **extra)
     # From scratch, zero-mean unit-variance audio (per utterance, real samples only) trains faster.

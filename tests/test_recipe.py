@@ -208,19 +208,19 @@ def test_speed_perturbation_plays_training_audio_faster_or_slower_and_leaves_oth
 
 @pytest.mark.parametrize("frontend", ["log_mel", "conv"])
 def test_encoder_flags_reach_the_new_model(tmp_path, frontend):
-    """--encoder_hop and --encoder_dropout shape a random-init encoder; a log-mel front end is as wide as the
-    encoder (a raw-audio conv stack keeps few channels: it would dominate the cost)."""
+    """--encoder_hop, --encoder_dropout and --frontend_width shape a random-init encoder (either front end)."""
     import itertools
 
     import train_hf
     from modeling_hubert_gpt.alignment_hubert_gpt import samples_per_frame
 
     texts = list(itertools.islice(corpus.all_sentences(), 2000))
-    for argv, hop, dropout in (([], 320, 0.05), (["--encoder_hop", "640", "--encoder_dropout", "0"], 640, 0.0)):
+    for argv, hop, dropout, width in (([], 320, 0.05, 48), (["--encoder_hop", "640", "--encoder_dropout", "0",
+                                                           "--frontend_width", "192"], 640, 0.0, 192)):
         margs = train_hf.parse(["--output_dir", "out", "--audio_frontend", frontend, *argv])[0]
         model, _ = train_hf.build_model(margs, texts, str(tmp_path / f"work{hop}"))
         audio = model.config.audio_config
         assert samples_per_frame(model) == hop == int(torch.tensor(audio.conv_stride).prod())
         assert int(model.encoder_output_lengths(torch.tensor([32000]))[0]) == {320: 99, 640: 49}[hop]  # 2 s
         assert audio.hidden_dropout == audio.attention_dropout == audio.activation_dropout == dropout
-        assert audio.conv_dim[-1] == (audio.hidden_size if frontend == "log_mel" else 48)
+        assert audio.conv_dim == (width,) * len(audio.conv_stride)
