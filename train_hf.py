@@ -70,8 +70,8 @@ class ModelArguments:
         "help": "random-init encoders: audio samples per encoder frame, 320 (50 Hz) or 640 (25 Hz: half the frames "
                 "for the encoder's layers, the bridge and the LLM's speech prompt)", "choices": [320, 640]})
     frontend_width: int | None = field(default=None, metadata={
-        "help": "random-init encoders: channels of the front end's output (the conv stack's, or the log-mel front "
-                "end's projection); default 32 (tiny) / 48 (small)"})
+        "help": "random-init encoders: the front end's channels (every layer of the raw-audio conv stack, or the "
+                "log-mel front end's projection); default 32 (tiny) / 48 (small)"})
     vocab_size: int = field(default=200, metadata={"help": "sentencepiece size for a random-init model's tokenizer"})
     freeze_encoder: bool = field(default=False, metadata={"help": "keep the speech encoder fixed"})
     freeze_bridge: bool = field(default=False, metadata={"help": "keep the bridge fixed"})
@@ -239,7 +239,8 @@ def build_model(margs, train_texts, work_dir):
     width, layers, conv_dim = (64, 2, 32) if margs.model_size == "tiny" else (192, 4, 48)
     conv_dim = margs.frontend_width or conv_dim
     config = tiny_config(margs.bridge, tokenizer=tokenizer, width=width, layers=layers, conv_dim=conv_dim,
-                         audio_frontend=margs.audio_frontend, dropout=margs.encoder_dropout, hop=margs.encoder_hop, **extra)
+                         audio_frontend=margs.audio_frontend, dropout=margs.encoder_dropout, hop=margs.encoder_hop,
+                         **extra)
     # From scratch, zero-mean unit-variance audio (per utterance, real samples only) trains faster.
     feature_extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
                                                  do_normalize=True, return_attention_mask=True)
