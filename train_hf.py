@@ -99,6 +99,9 @@ class DataArguments:
     streaming: bool = field(default=False, metadata={"help": "stream the training split (needs --max_steps)"})
     max_seconds: float = field(default=16.0, metadata={"help": "drop longer utterances (paper: 16 s)"})
     max_eval_samples: int | None = None
+    edge_silence_crop: float = field(default=0.0, metadata={
+        "help": "probability per training utterance and end of cropping a random share of its edge silence (0: off); "
+                "for corpora whose utterances all carry the same silence around their sound (hubert_gpt_training/augment.py)"})
     reazonspeech_base_url: str | None = field(default=None, metadata={
         "help": "reazon-research/reazonspeech: where its files are (a mirror URL, a folder or file://; default "
                 "https://corpus.reazon-research.org/); splits train, train_holdout and test (the last shard)"})
@@ -307,6 +310,11 @@ def load_data(dargs, rargs, sampling_rate, seed):
     train, evaluation = prepare(train, **prep), prepare(evaluation, **prep)
     if dargs.max_eval_samples and len(evaluation) > dargs.max_eval_samples:
         evaluation = evaluation.select(range(dargs.max_eval_samples))
+    if dargs.edge_silence_crop:  # training rows only, a fresh crop each time a row is read
+        from hubert_gpt_training.augment import EdgeSilenceCrop
+
+        crop = EdgeSilenceCrop(dargs.edge_silence_crop, seed)
+        train = train.map(crop, batched=True) if dargs.streaming else train.with_transform(crop)
     return train, evaluation
 
 

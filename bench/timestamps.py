@@ -32,15 +32,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hubert_gpt_training.augment import sound_bounds  # noqa: E402
+
 RATE = 16000
 
 
-def trim(audio, floor_db=40.0, frame=160):
+def trim(audio, floor_db=40.0):
     """The utterance's speech: from the first to the last 10 ms frame within floor_db of its loudest frame."""
-    frames = audio[: len(audio) // frame * frame].reshape(-1, frame)
-    level = 10 * np.log10((frames**2).mean(-1) + 1e-12)
-    loud = np.nonzero(level > level.max() - floor_db)[0]
-    return audio[loud[0] * frame : (loud[-1] + 1) * frame]
+    start, end = sound_bounds(audio, floor_db)
+    return audio[start:end]
 
 
 def joined(audios, texts, rng, pause=(0.3, 1.0)):
