@@ -101,7 +101,8 @@ class DataArguments:
     max_eval_samples: int | None = None
     edge_silence_crop: float = field(default=0.0, metadata={
         "help": "probability per training utterance and end of cropping a random share of its edge silence (0: off); "
-                "for corpora whose utterances all carry the same silence around their sound (hubert_gpt_training/augment.py)"})
+                "for corpora whose utterances all carry the same silence around their sound "
+                "(hubert_gpt_training/augment.py)"})
     reazonspeech_base_url: str | None = field(default=None, metadata={
         "help": "reazon-research/reazonspeech: where its files are (a mirror URL, a folder or file://; default "
                 "https://corpus.reazon-research.org/); splits train, train_holdout and test (the last shard)"})
