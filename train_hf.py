@@ -46,6 +46,9 @@ class ModelArguments:
     model_size: str = field(default="tiny", metadata={"help": "random-init size when no pretrained model is given",
                                                       "choices": ["tiny", "small"]})
     bridge: str = field(default="conv", metadata={"help": "conv or ctc (new models only)", "choices": ["conv", "ctc"]})
+    bridge_strides: str | None = field(default=None, metadata={
+        "help": "new conv-bridge models: the strides of its Conv1d layers (kernel 4 each), comma-separated; default "
+                "2,2 (one prompt vector per 4 encoder frames); 2,1 keeps twice as many"})
     audio_frontend: str = field(default="conv", metadata={
         "help": "random-init encoders: conv (HuBERT's conv stack on raw audio) or log_mel (learns far faster from "
                 "scratch)", "choices": ["conv", "log_mel"]})
@@ -72,6 +75,9 @@ class ModelArguments:
     frontend_width: int | None = field(default=None, metadata={
         "help": "random-init encoders: the front end's channels (every layer of the raw-audio conv stack, or the "
                 "log-mel front end's projection); default 32 (tiny) / 48 (small)"})
+    log_mel_stack: int = field(default=1, metadata={
+        "help": "random-init encoders with --audio_frontend log_mel: STFT frames per encoder frame (1: one window "
+                "as long as the frame's; k: k 25 ms windows at a k-th of the hop, stacked)"})
     vocab_size: int = field(default=200, metadata={"help": "sentencepiece size for a random-init model's tokenizer"})
     freeze_encoder: bool = field(default=False, metadata={"help": "keep the speech encoder fixed"})
     freeze_bridge: bool = field(default=False, metadata={"help": "keep the bridge fixed"})
@@ -138,15 +144,17 @@ SMOKE = dict(max_steps=60, per_device_train_batch_size=8, per_device_eval_batch_
              warmup_steps=5, logging_steps=10, eval_strategy="no", save_strategy="no", report_to="none")
 
 
-# The recipe is its 4000 steps; the 90-minute guard only stops a runaway run: the slowest machine of this class seen
-# (1.16 steps/s) needs 57 minutes for them, and a slower machine must reach the same model, only later.
-RECIPE = dict(max_steps=4000, per_device_train_batch_size=16, per_device_eval_batch_size=32, learning_rate=2e-3,
+# The recipe is its 2000 steps; the 90-minute guard only stops a runaway run (a slower machine must reach the same
+# model, only later). The encoder runs at 25 Hz on four stacked 25 ms log-mel windows per frame; the conv bridge
+# halves that once (a 12.5 Hz speech prompt, as the paper's).
+RECIPE = dict(max_steps=2000, per_device_train_batch_size=16, per_device_eval_batch_size=32, learning_rate=2e-3,
               lr_scheduler_type="cosine", warmup_steps=200, weight_decay=0.01, logging_steps=25, eval_strategy="steps",
               eval_steps=500, save_strategy="no", report_to="none", model_size="small", bridge="conv",
-              audio_frontend="log_mel", max_train_minutes=90, eval_split="test")
+              audio_frontend="log_mel", encoder_hop=640, log_mel_stack=4, frontend_width=192, max_train_minutes=90,
+              eval_split="test")
 # Per bridge: the conv bridge gets a CTC draft head trained alone (a small weight is enough: its loss only
 # trains the head); the ctc bridge's own head trains the encoder at full weight.
-RECIPE_BY_BRIDGE = {"conv": dict(ctc_head=True, ctc_head_chars=True, ctc_trains_encoder=False,
+RECIPE_BY_BRIDGE = {"conv": dict(bridge_strides="2,1", ctc_head=True, ctc_head_chars=True, ctc_trains_encoder=False,
                                  ctc_head_kernel_size=5, ctc_loss_weight=0.01, draft_head_fit_steps=6000,
                                  draft_head_fit_joined=750, draft_head_fit_non_speech=200),
                     "ctc": dict(ctc_loss_weight=1.0)}
@@ -215,6 +223,15 @@ def build_model(margs, train_texts, work_dir):
     if margs.ctc_head and not bridge.uses_ctc_head and not (existing and existing.ctc_head_config is not None):
         extra["ctc_head_config"] = {"kernel_size": margs.ctc_head_kernel_size,
                                     "vocab": sorted(set("".join(train_texts))) if margs.ctc_head_chars else None}
+    if margs.bridge_strides and not margs.model_name_or_path:
+        if bridge.uses_ctc_head:
+            raise ValueError(f"--bridge_strides sets the conv bridge's layers; the {margs.bridge!r} bridge has none")
+        try:
+            strides = [int(x) for x in margs.bridge_strides.split(",")]
+        except ValueError:
+            raise ValueError(f"--bridge_strides takes comma-separated whole numbers (e.g. 2,1); got "
+                             f"{margs.bridge_strides!r}") from None
+        extra["bridge_config"] = {"kernel_sizes": [4] * len(strides), "strides": strides}
     if margs.model_name_or_path:
         processor = AutoProcessor.from_pretrained(margs.model_name_or_path, trust_remote_code=True)
         if extra:  # the checkpoint has no head: a new, untrained one
@@ -243,8 +260,8 @@ def build_model(margs, train_texts, work_dir):
     width, layers, conv_dim = (64, 2, 32) if margs.model_size == "tiny" else (192, 4, 48)
     conv_dim = margs.frontend_width or conv_dim
     config = tiny_config(margs.bridge, tokenizer=tokenizer, width=width, layers=layers, conv_dim=conv_dim,
-                         audio_frontend=margs.audio_frontend, dropout=margs.encoder_dropout, hop=margs.encoder_hop,
-                         **extra)
+                         audio_frontend=margs.audio_frontend, log_mel_stack=margs.log_mel_stack,
+                         dropout=margs.encoder_dropout, hop=margs.encoder_hop, **extra)
     # From scratch, zero-mean unit-variance audio (per utterance, real samples only) trains faster.
     feature_extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
                                                  do_normalize=True, return_attention_mask=True)

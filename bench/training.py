@@ -12,9 +12,11 @@ weight decay, gradient clipping at 1.0, the CTC draft head's loss with its weigh
 lever switched at a time:
   workers     collation (audio decoding from arrow, padding, tokenizing) in a DataLoader worker process
   no_dropout  the encoder's dropout off (the model from a config with every *dropout at 0)
-  hop640      the encoder at 25 Hz (train_hf.py --encoder_hop 640): one more stride-2 layer before its transformer,
-              so the encoder's layers, the bridge and the LLM's speech prompt see half the frames (the log-mel
-              front end has no weights of its own for it: the same weights as the recipe)
+  hop320      the encoder at 50 Hz instead of the recipe's 25 Hz (train_hf.py --encoder_hop 320): the encoder's
+              layers, the bridge and the LLM's speech prompt see twice the frames (the same weights: the stacked
+              log-mel windows sit at a quarter of either hop)
+  prompt6hz   the conv bridge's strides 2,2 instead of the recipe's 2,1 (--bridge_strides 2,2): a 6.25 Hz speech
+              prompt, half as long (the same weights)
   compile     torch.compile (default settings) of the model for training; its compile time is reported apart
   bf16        bf16 autocast around forward and loss
 Every variant starts from the same weights and trains on the same batches in the same order; the variants take
@@ -144,7 +146,7 @@ def run_epoch(model, rows, index_batches, lr=1e-3):
     }
 
 
-LEVERS = ("recipe", "workers", "no_dropout", "hop640", "compile", "bf16")
+LEVERS = ("recipe", "workers", "no_dropout", "hop320", "prompt6hz", "compile", "bf16")
 
 
 def recipe_setup(corpus_hours, corpus_dir, model_size, work_dir):
@@ -192,6 +194,15 @@ def at_hop(model, hop):
     return other
 
 
+def with_bridge_strides(model, strides):
+    """A copy of `model` whose conv bridge takes `strides` (kernel sizes kept), with the same weights."""
+    config = copy.deepcopy(model.config)
+    config.bridge_config = {**config.bridge_config, "strides": list(strides)}
+    other = type(model)(config)
+    other.load_state_dict(model.state_dict())
+    return other
+
+
 def lever_batches(lengths, batch, count, seed):
     """`count` full batches of dataset indices, length-grouped as Trainer's group_by_length, epoch after epoch."""
     out, epoch = [], 0
@@ -209,7 +220,8 @@ class Variant:
     def __init__(self, name, model, targs, margs, train, collator):
         self.name, self.train, self.collator = name, train, collator
         self.workers = 1 if name == "workers" else 0
-        changed = {"no_dropout": without_dropout, "hop640": lambda m: at_hop(m, 640)}.get(name, copy.deepcopy)
+        changed = {"no_dropout": without_dropout, "hop320": lambda m: at_hop(m, 320),
+                   "prompt6hz": lambda m: with_bridge_strides(m, [2, 2])}.get(name, copy.deepcopy)
         self.model = changed(model)
         self.model.train()
         self.forward = torch.compile(self.model) if name == "compile" else self.model

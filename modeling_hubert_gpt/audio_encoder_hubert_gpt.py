@@ -45,35 +45,44 @@ def length_groups(lengths, max_padding):
 class LogMelFrontEnd(nn.Module):
     """`audio_frontend="log_mel"`: a log-mel spectrogram + Conv1d(k=3) + LayerNorm + GELU in place of the conv stack.
 
-    One STFT frame per encoder frame (the conv stack's hop and window: 320 and 400 samples for HuBERT), counted as
-    the conv stack counts them, so every length, mask and bridge downstream is unchanged. Output (B, C, T) with C the
-    conv stack's last width, as the encoder's feature projection expects.
+    One encoder frame per conv-stack hop, counted as the conv stack counts them, so every length, mask and bridge
+    downstream is unchanged. stack=1: one STFT frame per encoder frame (the conv stack's hop and window: 320 and
+    400 samples for HuBERT). stack=k > 1: k STFT frames of a 25 ms window at hop/k samples, their log-mels side by
+    side (k x num_bins features per encoder frame: the time detail inside a frame that one window blurs). Output
+    (B, C, T) with C the conv stack's last width, as the encoder's feature projection expects.
     """
 
-    def __init__(self, audio_config, num_bins, sampling_rate):
+    def __init__(self, audio_config, num_bins, sampling_rate, stack=1):
         super().__init__()
         self.kernel_sizes, self.strides = list(audio_config.conv_kernel), list(audio_config.conv_stride)
         self.hop = math.prod(self.strides)
-        self.window = conv_input_length(1, self.kernel_sizes, self.strides)
+        if stack < 1 or self.hop % stack:
+            raise ValueError(f"log_mel_stack must be a whole divisor of the encoder's hop ({self.hop} samples), got {stack}")
+        self.stack, self.sub_hop = stack, self.hop // stack
+        self.window = conv_input_length(1, self.kernel_sizes, self.strides) if stack == 1 else round(0.025 * sampling_rate)
         self.n_fft = 2 ** math.ceil(math.log2(self.window))
         self.num_bins, self.sampling_rate = num_bins, sampling_rate
         self._tables = None  # (Hann window, mel matrix): fixed, built on first use (not weights: nothing to save)
         width = audio_config.conv_dim[-1]
-        self.proj = nn.Conv1d(num_bins, width, kernel_size=3, padding=1)
+        self.proj = nn.Conv1d(num_bins * stack, width, kernel_size=3, padding=1)
         self.norm = nn.LayerNorm(width)
 
     def forward(self, input_values):
         """input_values (B, S) -> features (B, C, T)."""
         frames = int(conv_output_lengths(torch.tensor(input_values.shape[1]), self.kernel_sizes, self.strides))
-        # Zeros after the end give one STFT frame past the last counted one (the Conv1d's right neighbour), the same
+        # Zeros after the end give one frame past the last counted one (the Conv1d's right neighbour), the same
         # zeros a padded batch has there: a padded utterance gets exactly its features when run alone.
-        needed = frames * self.hop + self.n_fft
+        steps = (frames + 1) * self.stack  # STFT frames used
+        needed = (steps - 1) * self.sub_hop + self.n_fft
         audio = F.pad(input_values.float(), (0, max(0, needed - input_values.shape[1])))
         window, mel = self.tables(audio.device)
-        spec = torch.stft(audio, self.n_fft, self.hop, self.window, window, center=False, return_complex=True)
-        power = torch.view_as_real(spec).pow(2).sum(-1)  # |X|^2 (B, F, T+1), without complex abs's sqrt (slow on CPU)
-        log_mel = torch.log(mel @ power + 1e-6)  # (M, F) @ (B, F, T+1) -> (B, M, T+1)
-        hidden = self.proj(log_mel.to(self.proj.weight.dtype))[..., :frames]  # (B, C, T)
+        spec = torch.stft(audio, self.n_fft, self.sub_hop, self.window, window, center=False, return_complex=True)
+        power = torch.view_as_real(spec[..., :steps]).pow(2).sum(-1)  # |X|^2 (B, F, K(T+1)), no sqrt (slow on CPU)
+        log_mel = torch.log(mel @ power + 1e-6)  # (M, F) @ (B, F, K(T+1)) -> (B, M, K(T+1))
+        batch = log_mel.shape[0]
+        stacked = log_mel.view(batch, self.num_bins, frames + 1, self.stack).transpose(2, 3)  # (B, M, K, T+1)
+        stacked = stacked.reshape(batch, self.num_bins * self.stack, frames + 1)  # (B, M*K, T+1)
+        hidden = self.proj(stacked.to(self.proj.weight.dtype))[..., :frames]  # (B, C, T)
         return F.gelu(self.norm(hidden.transpose(1, 2))).transpose(1, 2)
 
     def tables(self, device):
@@ -106,7 +115,8 @@ class HubertGptAudioEncoder(nn.Module):
             )
         self.model = model if model is not None else AutoModel.from_config(audio)
         if config.audio_frontend == "log_mel":
-            self.model.feature_extractor = LogMelFrontEnd(audio, config.log_mel_bins, config.sampling_rate)
+            self.model.feature_extractor = LogMelFrontEnd(audio, config.log_mel_bins, config.sampling_rate,
+                                                          config.log_mel_stack)
         self.kernel_sizes, self.strides = list(audio.conv_kernel), list(audio.conv_stride)
         # the first GroupNorm of a "group" encoder sees the whole time axis: such encoders never see padding
         self.equal_lengths_only = config.audio_frontend == "conv" and getattr(audio, "feat_extract_norm", None) == "group"

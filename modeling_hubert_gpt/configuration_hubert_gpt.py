@@ -71,6 +71,9 @@ class HubertGptConfig(PretrainedConfig):
             audio and costs a fraction of its compute. Frames are counted as the conv stack counts them.
         log_mel_bins (`int`, *optional*, defaults to 80):
             Mel bands of the `"log_mel"` front end.
+        log_mel_stack (`int`, *optional*, defaults to 1):
+            STFT frames per encoder frame of the `"log_mel"` front end: 1 = one window as long as the conv stack's;
+            k > 1 = k windows of 25 ms at a k-th of the hop, stacked (k x `log_mel_bins` features per frame).
         bridge_type (`str`, *optional*, defaults to `"conv"`):
             A registered bridge (`register_bridge`): `"conv"`, strided Conv1d + GELU layers then a Linear to the LLM
             width (50 Hz -> 12.5 Hz); `"ctc"`, CTC compression (frames the CTC head calls blank are dropped, repeats
@@ -108,6 +111,7 @@ class HubertGptConfig(PretrainedConfig):
         text_config=None,
         audio_frontend="conv",
         log_mel_bins=80,
+        log_mel_stack=1,
         bridge_type="conv",
         bridge_config=None,
         ctc_head_config=None,
@@ -133,7 +137,7 @@ class HubertGptConfig(PretrainedConfig):
         if audio_frontend not in AUDIO_FRONTENDS:
             raise ValueError(f"audio_frontend must be one of {AUDIO_FRONTENDS}, got {audio_frontend!r}")
         self.audio_frontend = audio_frontend
-        self.log_mel_bins = log_mel_bins
+        self.log_mel_bins, self.log_mel_stack = log_mel_bins, log_mel_stack
         bridge = bridge_class(bridge_type)
         self.bridge_type = bridge_type
         self.bridge_config = bridge.check_options(bridge_config)

@@ -49,12 +49,14 @@ def test_training_bench_reports_padding_with_and_without_grouping(tmp_path):
 
 def test_training_bench_times_the_recipe_step_with_each_lever_on_the_same_batches(tmp_path):
     """torch.compile is left out here (minutes of C++ compilation); the quick run covers it."""
-    result, stdout = run_bench("training.py", ["--section", "levers", "--levers", "bf16,hop640,no_dropout,workers",
+    levers = "bf16,hop320,prompt6hz,no_dropout,workers"
+    result, stdout = run_bench("training.py", ["--section", "levers", "--levers", levers,
                                                "--corpus_dir", str(tmp_path / "data"), "--lever_corpus_hours", "0.02",
                                                "--lever_model_size", "tiny", "--lever_batch", "4", "--lever_rounds",
                                                "2", "--lever_steps", "3"], tmp_path)
     levers = result["levers"]
-    assert list(levers["levers"]) == ["recipe", "workers", "no_dropout", "hop640", "bf16"] and levers["failed"] == {}
+    assert list(levers["levers"]) == ["recipe", "workers", "no_dropout", "hop320", "prompt6hz", "bf16"]
+    assert levers["failed"] == {}
     recipe = levers["levers"]["recipe"]
     for name, row in levers["levers"].items():
         assert row["steps"] == 6 and len(row["losses"]) == 2 + 6  # warm-up steps, then 2 turns of 3 steps
@@ -64,7 +66,8 @@ def test_training_bench_times_the_recipe_step_with_each_lever_on_the_same_batche
     # a worker moves collation, not the math: the recipe's losses exactly; dropout off and bf16 change them
     assert levers["levers"]["workers"]["same_losses_as_recipe"] is True
     assert recipe["losses"][0] != levers["levers"]["no_dropout"]["losses"][0] != levers["levers"]["bf16"]["losses"][0]
-    assert levers["levers"]["hop640"]["losses"][0] != recipe["losses"][0]  # same weights, half the frames
+    for name in ("hop320", "prompt6hz"):  # same weights, twice the frames / half the prompt
+        assert levers["levers"][name]["losses"][0] != recipe["losses"][0]
     assert "recipe training step, levers side by side" in stdout and "\nworkers " in stdout
 
 

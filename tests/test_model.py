@@ -109,9 +109,52 @@ def test_hop_640_halves_the_frame_rate(frontend):
         tiny_config(hop=480)
 
 
+@pytest.mark.parametrize("hop", [320, 640])
+def test_log_mel_stack_keeps_frames_and_padding_and_loads(tmp_path, hop):
+    """log_mel_stack=4: four 25 ms windows per encoder frame, stacked; frames counted as the conv stack counts
+    them, a padded utterance gets exactly its features alone, and the setting survives save / load."""
+    model = build(audio_frontend="log_mel", log_mel_stack=4, hop=hop)
+    front = model.audio_tower.model.feature_extractor
+    assert (front.window, front.sub_hop, front.proj.in_channels) == (400, hop // 4, 4 * model.config.log_mel_bins)
+    for n in (720, 1039, 1040, 16000, 16321):
+        values = 0.1 * torch.randn(1, n)
+        with torch.no_grad():
+            assert model.audio_tower.model(values).last_hidden_state.shape[1] == int(
+                model.encoder_output_lengths(torch.tensor([n]))[0])
+    lengths = [n * hop // 320 for n in LENGTHS]  # long enough for a whole speech prompt at either rate
+    values, mask = padded_batch(lengths)
+    with torch.no_grad():
+        batched = front(values)
+        for i, n in enumerate(lengths):
+            alone = front(values[i : i + 1, :n])
+            torch.testing.assert_close(batched[i : i + 1, :, : alone.shape[-1]], alone, rtol=1e-4, atol=1e-5)
+    model.save_pretrained(tmp_path)
+    loaded = HubertGptForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert loaded.config.log_mel_stack == 4
+    torch.testing.assert_close(loaded.generate(values, mask), model.generate(values, mask), rtol=0, atol=0)
+
+
+def test_log_mel_stack_sees_time_inside_a_frame():
+    """One window per frame cannot tell a click early in the frame from one late in it; four stacked windows can."""
+    features = {}
+    for stack in (1, 4):
+        front = build(audio_frontend="log_mel", log_mel_stack=stack).audio_tower.model.feature_extractor
+        features[stack] = []
+        for offset in (1116, 1276):  # mirror images inside frame 3's window (its 400 samples sit at 1016-1416 of
+            # the 512-sample STFT frame from 960), outside frames 2 and 4
+            values = torch.zeros(1, 3200)
+            values[0, offset : offset + 40] = 1.0
+            with torch.no_grad():
+                features[stack].append(front(values)[0, :, 3])
+    assert (features[1][0] - features[1][1]).abs().max() < 0.01  # a Hann window is (all but) symmetric
+    assert (features[4][0] - features[4][1]).abs().max() > 0.5
+
+
 def test_log_mel_front_end_errors():
     with pytest.raises(ValueError, match="audio_frontend must be one of"):
         tiny_config(audio_frontend="mfcc")
+    with pytest.raises(ValueError, match=r"log_mel_stack must be a whole divisor of the encoder's hop \(320 samples\), got 3"):
+        HubertGptForConditionalGeneration(tiny_config(audio_frontend="log_mel", log_mel_stack=3))
     encoder = HubertModel(tiny_config().audio_config)
     with pytest.raises(ValueError, match="replaces the encoder's conv stack"):
         HubertGptForConditionalGeneration(tiny_config(audio_frontend="log_mel"), audio_tower=encoder)

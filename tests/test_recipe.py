@@ -208,15 +208,17 @@ def test_speed_perturbation_plays_training_audio_faster_or_slower_and_leaves_oth
 
 @pytest.mark.parametrize("frontend", ["log_mel", "conv"])
 def test_encoder_flags_reach_the_new_model(tmp_path, frontend):
-    """--encoder_hop, --encoder_dropout and --frontend_width shape a random-init encoder (either front end)."""
+    """--encoder_hop, --encoder_dropout, --frontend_width, --log_mel_stack and --bridge_strides shape a random-init
+    model (either front end); the recipe's own values when none is given."""
     import itertools
 
     import train_hf
     from modeling_hubert_gpt.alignment_hubert_gpt import samples_per_frame
 
     texts = list(itertools.islice(corpus.all_sentences(), 2000))
-    for argv, hop, dropout, width in (([], 320, 0.05, 48), (["--encoder_hop", "640", "--encoder_dropout", "0",
-                                                           "--frontend_width", "192"], 640, 0.0, 192)):
+    mine = ["--encoder_hop", "320", "--encoder_dropout", "0", "--frontend_width", "48", "--log_mel_stack", "1",
+            "--bridge_strides", "2,2"]
+    for argv, hop, dropout, width, stack, strides in (([], 640, 0.05, 192, 4, [2, 1]), (mine, 320, 0.0, 48, 1, [2, 2])):
         margs = train_hf.parse(["--output_dir", "out", "--audio_frontend", frontend, *argv])[0]
         model, _ = train_hf.build_model(margs, texts, str(tmp_path / f"work{hop}"))
         audio = model.config.audio_config
@@ -224,3 +226,9 @@ def test_encoder_flags_reach_the_new_model(tmp_path, frontend):
         assert int(model.encoder_output_lengths(torch.tensor([32000]))[0]) == {320: 99, 640: 49}[hop]  # 2 s
         assert audio.hidden_dropout == audio.attention_dropout == audio.activation_dropout == dropout
         assert audio.conv_dim == (width,) * len(audio.conv_stride)
+        assert model.config.bridge_config == {"kernel_sizes": [4, 4], "strides": strides}
+        if frontend == "log_mel":
+            assert model.audio_tower.model.feature_extractor.proj.in_channels == 80 * stack
+    with pytest.raises(ValueError, match="--bridge_strides sets the conv bridge's layers; the 'ctc' bridge has none"):
+        train_hf.build_model(train_hf.parse(["--output_dir", "out", "--bridge", "ctc", "--bridge_strides", "2"])[0],
+                             texts, str(tmp_path / "ctc"))
