@@ -57,9 +57,11 @@ class LogMelFrontEnd(nn.Module):
         self.kernel_sizes, self.strides = list(audio_config.conv_kernel), list(audio_config.conv_stride)
         self.hop = math.prod(self.strides)
         if stack < 1 or self.hop % stack:
-            raise ValueError(f"log_mel_stack must be a whole divisor of the encoder's hop ({self.hop} samples), got {stack}")
+            raise ValueError(f"log_mel_stack must be a whole divisor of the encoder's hop ({self.hop} samples), "
+                             f"got {stack}")
         self.stack, self.sub_hop = stack, self.hop // stack
-        self.window = conv_input_length(1, self.kernel_sizes, self.strides) if stack == 1 else round(0.025 * sampling_rate)
+        one_window = conv_input_length(1, self.kernel_sizes, self.strides)  # the conv stack's receptive field
+        self.window = one_window if stack == 1 else round(0.025 * sampling_rate)  # stacked: 25 ms each
         self.n_fft = 2 ** math.ceil(math.log2(self.window))
         self.num_bins, self.sampling_rate = num_bins, sampling_rate
         self._tables = None  # (Hann window, mel matrix): fixed, built on first use (not weights: nothing to save)
