@@ -229,6 +229,9 @@ def test_encoder_flags_reach_the_new_model(tmp_path, frontend):
         assert model.config.bridge_config == {"kernel_sizes": [4, 4], "strides": strides}
         if frontend == "log_mel":
             assert model.audio_tower.model.feature_extractor.proj.in_channels == 80 * stack
+    with pytest.raises(ValueError, match=r"--bridge_strides takes comma-separated whole numbers \(e.g. 2,1\); got '2;1'"):
+        train_hf.build_model(train_hf.parse(["--output_dir", "out", "--bridge_strides", "2;1"])[0], texts,
+                             str(tmp_path / "bad"))
     with pytest.raises(ValueError, match="--bridge_strides sets the conv bridge's layers; the 'ctc' bridge has none"):
         train_hf.build_model(train_hf.parse(["--output_dir", "out", "--bridge", "ctc", "--bridge_strides", "2"])[0],
                              texts, str(tmp_path / "ctc"))
