@@ -171,8 +171,7 @@ def without_dropout(model):
         for key, value in vars(sub).items():
             if key.endswith("dropout") and isinstance(value, float):
                 setattr(sub, key, 0.0)
-    plain = type(model)(config)
-    plain.load_state_dict(model.state_dict())
+    plain = rebuilt(model, config)
     left = [name for name, m in plain.named_modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
     if left:
         raise RuntimeError(f"dropout left on in {left[:3]}: the config keys above do not reach it")
@@ -189,15 +188,18 @@ def at_hop(model, hop):
     audio.conv_kernel, audio.conv_stride = conv_stack(hop)
     audio.conv_dim = (audio.conv_dim[-1],) * len(audio.conv_kernel)
     audio.num_feat_extract_layers = len(audio.conv_kernel)
-    other = type(model)(config)
-    other.load_state_dict(model.state_dict())
-    return other
+    return rebuilt(model, config)
 
 
 def with_bridge_strides(model, strides):
     """A copy of `model` whose conv bridge takes `strides` (kernel sizes kept), with the same weights."""
     config = copy.deepcopy(model.config)
     config.bridge_config = {**config.bridge_config, "strides": list(strides)}
+    return rebuilt(model, config)
+
+
+def rebuilt(model, config):
+    """A new model of `model`'s class from `config`, holding `model`'s weights (the levers change no weight shape)."""
     other = type(model)(config)
     other.load_state_dict(model.state_dict())
     return other
