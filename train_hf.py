@@ -151,7 +151,7 @@ RECIPE = dict(max_steps=2000, per_device_train_batch_size=16, per_device_eval_ba
               lr_scheduler_type="cosine", warmup_steps=200, weight_decay=0.01, logging_steps=25, eval_strategy="steps",
               eval_steps=500, save_strategy="no", report_to="none", model_size="small", bridge="conv",
               audio_frontend="log_mel", encoder_hop=640, log_mel_stack=4, frontend_width=192, max_train_minutes=90,
-              eval_split="test")
+              eval_split="test", edge_silence_crop=0.5)
 # Per bridge: the conv bridge gets a CTC draft head trained alone (a small weight is enough: its loss only
 # trains the head); the ctc bridge's own head trains the encoder at full weight.
 RECIPE_BY_BRIDGE = {"conv": dict(bridge_strides="2,1", ctc_head=True, ctc_head_chars=True, ctc_trains_encoder=False,
