@@ -9,9 +9,10 @@
    character's start) and end (its last one's end); characters are matched to the reference with difflib. Reported:
    median and 90th percentile of |error| in ms, for the short files and for one long file (>= --long_s seconds, which
    the pipeline chunks itself).
-2. Lost text: CER of the sentences one by one, of the joined files (as they are, and with split_at_pauses=True), of
-   files of ~30 s with chunk_length_s=8, and of the long file (auto-chunked); ratios against one by one; how many
-   test transcripts split_at_pauses=True changes.
+2. Lost text: CER of the sentences one by one, of the joined files (as they are, with early_stop_split off, and with
+   split_at_pauses=True), of files of ~30 s with chunk_length_s=8, and of the long file (auto-chunked); ratios
+   against the same sentences one by one as recorded and trimmed; how many test transcripts split_at_pauses=True
+   and early_stop_split=False change.
 3. No-speech: 20 clips of silence, white noise, pink noise and a tone mix (1-10 s): characters written and LLM passes,
    guards on and off. Speech: every test utterance's text with the guards on and off (identical or not).
 4. Cost: a batch-16 pipeline run over the test utterances with and without return_timestamps="char", interleaved
@@ -198,13 +199,16 @@ def main(argv=None):
     order = list(range(len(audios)))
     files = [joined([trimmed[i] for i in order[k : k + args.per_file]], [texts[i] for i in order[k : k + args.per_file]],
                     rng) for k in range(0, len(order) - args.per_file + 1, args.per_file)]
-    for key, options in (("joined_files", {}), ("joined_files_split_at_pauses", {"split_at_pauses": True})):
+    for key, options in (("joined_files", {}), ("joined_files_early_stop_split_off", {"early_stop_split": False}),
+                         ("joined_files_split_at_pauses", {"split_at_pauses": True})):
         outs = asr([f[0] for f in files], batch_size=args.batch_size, return_timestamps="char", **options)
         result[key] = {"files": len(files), "seconds": round(sum(len(f[0]) for f in files) / RATE, 1),
                        **errors_ms(outs, files), "cer": round(cer([o["text"] for o in outs],
                                                                   ["".join(f[2]) for f in files]), 4)}
     split = asr(audios, batch_size=args.batch_size, split_at_pauses=True)
     result["split_at_pauses_changed_test_transcripts"] = sum(a != b["text"] for a, b in zip(plain_text, split))
+    whole = asr(audios, batch_size=args.batch_size, early_stop_split=False)
+    result["early_stop_split_changed_test_transcripts"] = sum(a != b["text"] for a, b in zip(plain_text, whole))
     per_30 = max(1, round(30 / statistics.mean(len(a) / RATE + 0.65 for a in trimmed)))
     files_30 = [joined(trimmed[k : k + per_30], texts[k : k + per_30], rng)
                 for k in range(0, len(order) - per_30 + 1, per_30)]
@@ -223,9 +227,14 @@ def main(argv=None):
                            **errors_ms([long_out], [long_file]),
                            "cer": round(cer([long_out["text"]], ["".join(long_file[2])]), 4),
                            "cer_one_by_one_same_sentences": round(cer(plain_text[:n_long], texts[:n_long]), 4)}
+    # the same trimmed sentences one by one: the joined files' own audio, without the joins
+    trimmed_text = [o["text"] for o in asr(trimmed[: max(len(used), n_long)], batch_size=args.batch_size)]
+    result["files_30s_chunk8"]["cer_one_by_one_trimmed"] = round(cer(trimmed_text[: len(used)], used), 4)
+    result["long_file"]["cer_one_by_one_trimmed"] = round(cer(trimmed_text[:n_long], texts[:n_long]), 4)
     for key in ("files_30s_chunk8", "long_file"):
-        one = result[key]["cer_one_by_one_same_sentences"]
-        result[key]["cer_ratio"] = round(result[key]["cer"] / one, 2) if one else None
+        for base, name in (("cer_one_by_one_same_sentences", "cer_ratio"), ("cer_one_by_one_trimmed", "cer_ratio_trimmed")):
+            one = result[key][base]
+            result[key][name] = round(result[key]["cer"] / one, 2) if one else None
 
     # no speech
     clips = noises(rng)

@@ -276,6 +276,10 @@ class HubertGptASRPipeline(Pipeline):
             (segments_hubert_gpt.py) and transcribe the pieces one by one, for audio of several sentences that a
             model trained on one sentence at a time would stop after the first of; costs one more encoder pass per
             input. Audio longer than chunk_length_s (or than the model takes) is always cut so with a CTC head.
+        early_stop_split (`bool`, default True for models with a CTC head): an input or piece whose transcript stopped
+            well short of what the CTC head heard (fewer than 0.8 n - 2 of its n labels: an LLM trained on one
+            sentence at a time writes the first of two and stops) is cut at its longest inner pause of at least 0.1 s
+            and the parts transcribed in turn (segments_hubert_gpt.py); no cost where nothing stopped early.
     Audio longer than the model takes (its LLM context must hold the speech prompt and the transcript bound;
     duration_hubert_gpt.py) is chunked without being asked, with a one-line warning naming `chunk_length_s`.
     Output: `{"text": str}`, plus `"chunks": [{"text": str, "timestamp": (start_s, end_s)}]` with return_timestamps.
@@ -313,6 +317,7 @@ class HubertGptASRPipeline(Pipeline):
         decoder_kwargs=None,
         generate_kwargs=None,
         split_at_pauses=None,
+        early_stop_split=None,
         **more_generate_kwargs,
     ):
         if return_timestamps is not None and return_timestamps is not False:
@@ -333,6 +338,11 @@ class HubertGptASRPipeline(Pipeline):
             require_ctc_head(self.model, "split_at_pauses reads pauses from")
             preprocess_params["split_at_pauses"] = True
         forward_params = {**(generate_kwargs or {}), **more_generate_kwargs}
+        if early_stop_split is None:
+            early_stop_split = getattr(self.model, "ctc_head", None) is not None
+        elif early_stop_split:
+            require_ctc_head(self.model, "early_stop_split compares the transcript with")
+        forward_params["early_stop_split"] = bool(early_stop_split)
         postprocess_params = {}
         if return_timestamps is not None and return_timestamps is not False:
             forward_params["return_timestamps"] = postprocess_params["return_timestamps"] = return_timestamps
@@ -436,41 +446,85 @@ class HubertGptASRPipeline(Pipeline):
 
         return {"batches": batches(), "num_inputs": len(items)}
 
-    def _forward(self, model_inputs, return_timestamps=None, hotwords=None, **generate_kwargs):
+    def _forward(self, model_inputs, return_timestamps=None, hotwords=None, early_stop_split=False, **generate_kwargs):
         if generate_kwargs.get("ctc_draft") or hotwords:
             generate_kwargs.setdefault("tokenizer", self.tokenizer)  # the model decides whether its draft needs it
         per_input = self._hotwords_per_input(hotwords, model_inputs["num_inputs"])
         tokens, pieces = [], []  # per chunk: (input index, (N,) new tokens); its _Chunk
         for indices, chunks in model_inputs["batches"]:
-            if per_input is not None:  # each chunk's row gets its input's words
-                generate_kwargs["hotwords"] = [per_input[i] for i in indices]
-            audios = [chunk.audio for chunk in chunks]
-            features = self.feature_extractor(
-                audios,
-                sampling_rate=self.feature_extractor.sampling_rate,
-                padding="longest",
-                return_attention_mask=True,
-                return_tensors="pt",
-            )
-            input_values = features["input_values"].to(self.device, self.model.dtype)  # (B, S)
-            attention_mask = features["attention_mask"].to(self.device, torch.long)  # (B, S)
-            speech = {}
-            if return_timestamps:  # the CTC head read once, for the guards and for the timestamps
-                from .alignment_hubert_gpt import batch_quiet
-
-                speech["speech_prompt"] = self.model.encode_speech(input_values, attention_mask, ctc_head=True)
-                log_probs = speech["speech_prompt"].ctc_logits.float().log_softmax(-1).cpu()  # (B, T, C)
-                quiet = batch_quiet(self.model, input_values, attention_mask, log_probs.shape[1])  # (B, T)
-                for chunk, rows, still, n in zip(chunks, log_probs, quiet, speech["speech_prompt"].frame_lengths.tolist()):
-                    chunk.posteriors, chunk.quiet = rows[:n], still[:n]
-            out = self.model.generate(input_values=input_values, attention_mask=attention_mask, **speech, **generate_kwargs)
-            if not isinstance(out, torch.Tensor):  # return_dict_in_generate=True
-                out = out.sequences
-            tokens += zip(indices, out)
-            for chunk in chunks:
-                chunk.audio = None  # read; the rest is kept for postprocess
-            pieces += chunks
+            for results in self._transcribe(indices, chunks, per_input, bool(return_timestamps), early_stop_split,
+                                            generate_kwargs):
+                for index, row, chunk in results:
+                    tokens.append((index, row))
+                    pieces.append(chunk)
         return {"tokens": tokens, "chunks": pieces, "num_inputs": model_inputs["num_inputs"]}
+
+    def _transcribe(self, indices, chunks, per_input, read_head, early_stop_split, generate_kwargs):
+        """One batch of chunks -> per chunk, its [(input index, (N,) new tokens, _Chunk)]: its own, or with
+        `early_stop_split`, for a chunk whose transcript stopped well short of what the CTC head heard, those of its two
+        parts cut at its longest inner pause (segments_hubert_gpt.py), transcribed in turn (and split again where they
+        stop early too)."""
+        if per_input is not None:  # each chunk's row gets its input's words
+            generate_kwargs = {**generate_kwargs, "hotwords": [per_input[i] for i in indices]}
+        features = self.feature_extractor(
+            [chunk.audio for chunk in chunks],
+            sampling_rate=self.feature_extractor.sampling_rate,
+            padding="longest",
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        input_values = features["input_values"].to(self.device, self.model.dtype)  # (B, S)
+        attention_mask = features["attention_mask"].to(self.device, torch.long)  # (B, S)
+        speech = {}
+        if read_head or early_stop_split:  # the CTC head read once: for the guards, timestamps and early stops
+            from .alignment_hubert_gpt import batch_quiet
+
+            speech["speech_prompt"] = self.model.encode_speech(input_values, attention_mask, ctc_head=True)
+            log_probs = speech["speech_prompt"].ctc_logits.float().log_softmax(-1).cpu()  # (B, T, C)
+            quiet = batch_quiet(self.model, input_values, attention_mask, log_probs.shape[1])  # (B, T)
+            for chunk, rows, still, n in zip(chunks, log_probs, quiet, speech["speech_prompt"].frame_lengths.tolist()):
+                chunk.posteriors, chunk.quiet = rows[:n], still[:n]
+        out = self.model.generate(input_values=input_values, attention_mask=attention_mask, **speech, **generate_kwargs)
+        if not isinstance(out, torch.Tensor):  # return_dict_in_generate=True
+            out = out.sequences
+        done = [[(index, row, chunk)] for index, row, chunk in zip(indices, out, chunks)]  # per chunk: its results
+        if early_stop_split:
+            parts = [(k, part) for k, (row, chunk) in enumerate(zip(out, chunks))
+                     for part in self._early_stop_parts(row, chunk)]
+            redone = []  # per part: its results
+            for at in range(0, len(parts), len(chunks)):  # batches no larger than this one
+                some = parts[at : at + len(chunks)]
+                redone += self._transcribe([indices[k] for k, _ in some], [part for _, part in some], per_input,
+                                           read_head, early_stop_split, generate_kwargs)
+            for k in {k for k, _ in parts}:  # a split chunk's results: its parts', in order
+                done[k] = [result for (j, _), results in zip(parts, redone) if j == k for result in results]
+        for chunk in chunks:
+            chunk.audio = None  # read; the rest is kept for postprocess
+        return done
+
+    def _early_stop_parts(self, row, chunk):
+        """[] or the two _Chunks of `chunk` cut at its longest inner pause when its transcript `row` stopped early."""
+        from .alignment_hubert_gpt import seconds_per_frame
+        from .segments_hubert_gpt import split_piece, stopped_early
+
+        head = self.model.ctc_head
+        ends, special = self._end_and_special_ids()
+        ids = row.tolist()
+        ids = [t for t in ids[: next((i for i, t in enumerate(ids) if t in ends), len(ids))] if t not in special]
+        written = len(ids) if head.vocab is None else len(head.char_ids(self.tokenizer.decode(ids)))
+        heard = len(head.greedy_labels(chunk.posteriors[None], torch.tensor([len(chunk.posteriors)]))[0])
+        if not stopped_early(written, heard):
+            return []
+        spans = split_piece(chunk.posteriors, head.blank_id, chunk.quiet, self._hop(), seconds_per_frame(self.model),
+                            len(chunk.audio), getattr(self.model, "min_input_samples", 1))
+        if spans is None:
+            return []
+        parts = [_Chunk(chunk.audio[start:end], chunk.start + start, chunk.total) for start, end in spans]
+        if chunk.whole_posteriors is not None:  # the input's first piece: its first part keeps the whole input's
+            parts[0].whole_posteriors, parts[0].whole_quiet = chunk.whole_posteriors, chunk.whole_quiet
+        elif chunk.start == 0 and len(chunk.audio) == chunk.total:  # the whole input: its posteriors are the whole's
+            parts[0].whole_posteriors, parts[0].whole_quiet = chunk.posteriors, chunk.quiet
+        return parts
 
     @staticmethod
     def _hotwords_per_input(hotwords, num_inputs):

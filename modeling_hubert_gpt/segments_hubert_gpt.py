@@ -14,6 +14,12 @@ gives it to the model (normalised once, over the whole input). Each piece is tra
 utterance of its own; the transcripts are joined without any overlap to merge, and timestamps come from the same
 whole-input posteriors.
 
+A pause cut can still leave two sentences in one piece (a pause a little short of PAUSE_SECONDS, or one the head
+hears as shorter than it is), and the LLM then writes the first and stops. The pipeline checks every transcript
+against the head: one with fewer than EARLY_STOP_RATIO * n - EARLY_STOP_BASE of the n labels the head heard
+(`stopped_early`) is cut again at its longest inner pause of at least INNER_PAUSE_SECONDS (`split_piece`) and
+its parts transcribed; the evidence that text is missing allows a shorter pause than a cut made on pauses alone.
+
 Remote code: imports torch only.
 """
 
@@ -23,6 +29,8 @@ PAUSE_SECONDS = 0.3
 PAUSE_BLANK_PROB = 0.9
 PIECE_MARGIN_SECONDS = 0.3
 QUIET_FRACTION = 0.25  # quiet: below the input's floor level + this fraction of its floor-to-loud range (in dB)
+EARLY_STOP_RATIO, EARLY_STOP_BASE = 0.8, 2  # written < 0.8 n - 2 of the head's n labels: the LLM stopped early
+INNER_PAUSE_SECONDS = 0.1
 
 
 def pause_runs(is_pause):
@@ -88,20 +96,47 @@ def edges_in_pauses(start, end, runs, hop, longest, total, margin):
     return (new_start, new_end) if new_end - new_start <= longest else (start, end)
 
 
+def inner_runs(log_probs, blank_id, quiet, runs, min_frames):
+    """The pause runs of `runs` at least min_frames long with speech on both sides (a frame where the head writes a
+    label and, where `quiet` is given, that is not quiet): a cut there leaves no piece of silence alone."""
+    spoken = log_probs.argmax(-1) != blank_id  # (T,): the head writes a label here
+    if quiet is not None:
+        spoken &= ~quiet
+    said = spoken.nonzero()[:, 0].tolist()
+    return [(a, b) for a, b in runs if b - a >= min_frames and said and said[0] < a and b <= said[-1]]
+
+
+def stopped_early(written, heard):
+    """Whether a transcript of `written` labels (in the CTC head's units) stopped well short of the `heard` labels of
+    the head's greedy hypothesis for the same audio."""
+    return written < EARLY_STOP_RATIO * heard - EARLY_STOP_BASE
+
+
+def split_piece(log_probs, blank_id, quiet, hop, frame_s, num_samples, shortest):
+    """A piece of `num_samples` samples (its CTC log-posteriors (T, C) and quiet frames (T,)) cut in the middle of its
+    longest inner pause of at least INNER_PAUSE_SECONDS: two (start, end) sample spans, each keeping up to
+    PIECE_MARGIN_SECONDS of that pause, or None when it has no such pause or a part would be shorter than `shortest`
+    samples."""
+    runs = pause_runs(pause_frames(log_probs, blank_id, quiet).tolist())
+    inside = inner_runs(log_probs, blank_id, quiet, runs, INNER_PAUSE_SECONDS / frame_s)
+    if not inside:
+        return None
+    a, b = max(inside, key=lambda r: r[1] - r[0])  # the longest; the first of equals
+    cut = (a + b) // 2 * hop
+    if cut < shortest or num_samples - cut < shortest:
+        return None
+    margin = round(PIECE_MARGIN_SECONDS / frame_s)
+    return [edges_in_pauses(s, e, runs, hop, num_samples, num_samples, margin) for s, e in ((0, cut), (cut, num_samples))]
+
+
 def pause_segments(log_probs, blank_id, max_frames, frame_s, quiet=None):
     """(start, end) frame spans covering log_probs' (T, C) T frames, cut in the middle of each pause of at least
     PAUSE_SECONDS between two frames where the head writes a label, and then to at most max_frames each. A pause
     frame: blank above PAUSE_BLANK_PROB and, where `quiet` ((T,) bool) is given, quiet (and a frame with a label
     counts as speech only where it is not quiet)."""
-    is_pause = pause_frames(log_probs, blank_id, quiet).tolist()
-    spoken = log_probs.argmax(-1) != blank_id  # (T,): the head writes a label here
-    if quiet is not None:
-        spoken &= ~quiet
-    runs = pause_runs(is_pause)
-    min_run = PAUSE_SECONDS / frame_s
-    said = spoken.nonzero()[:, 0].tolist()  # a cut needs speech on both sides: no piece of silence alone
-    cuts = [(a + b) // 2 for a, b in runs if b - a >= min_run and said and said[0] < a and b <= said[-1]]
-    bounds = [0] + cuts + [len(is_pause)]
+    runs = pause_runs(pause_frames(log_probs, blank_id, quiet).tolist())
+    cuts = [(a + b) // 2 for a, b in inner_runs(log_probs, blank_id, quiet, runs, PAUSE_SECONDS / frame_s)]
+    bounds = [0] + cuts + [len(log_probs)]
     segments = []
     for a, b in zip(bounds, bounds[1:]):
         segments += split_long(a, b, runs, max_frames)

@@ -51,6 +51,19 @@ def test_crop_probability_zero_is_the_identity_and_half_crops_about_half():
     assert 0.65 < np.mean(shortened) < 0.85  # 1 - 0.5 * 0.5 of the rows lose silence at one end or both
 
 
+def test_dataloader_workers_crop_afresh_per_worker_and_per_epoch():
+    """Eight copies of one utterance read by two workers (rows 0, 2, ... and 1, 3, ...): forked copies of one generator
+    would crop the k-th row of each worker alike, and again each epoch."""
+    import torch
+
+    audio, _, _ = utterance()
+    rows = datasets.Dataset.from_dict({"audio": [audio] * 8}).with_transform(EdgeSilenceCrop(1.0, seed=0))
+    loader = torch.utils.data.DataLoader(rows, batch_size=1, num_workers=2, collate_fn=lambda b: len(b[0]["audio"]))
+    first, second = list(loader), list(loader)
+    assert all(n < len(audio) for n in first + second)
+    assert first[0::2] != first[1::2] and first != second
+
+
 @pytest.mark.parametrize("prob", [-0.1, 1.5])
 def test_crop_refuses_a_probability_outside_zero_one(prob):
     with pytest.raises(ValueError, match=r"edge_silence_crop must be a probability in \[0, 1\]"):

@@ -100,6 +100,9 @@ def test_timestamps_bench_reports_accuracy_lost_text_no_speech_and_cost(tmp_path
     assert result["utterances"] == 8 and result["joined_files"]["files"] == 4
     assert result["joined_files_split_at_pauses"]["files"] == 4
     assert 0 <= result["split_at_pauses_changed_test_transcripts"] <= 8
+    assert 0 <= result["early_stop_split_changed_test_transcripts"] <= 8
+    assert result["joined_files_early_stop_split_off"]["files"] == 4
+    assert result["files_30s_chunk8"]["cer_one_by_one_trimmed"] >= 0 and "cer_ratio_trimmed" in result["long_file"]
     assert result["timestamps_identical_text"] is True  # aligning reads the CTC head; it changes no transcript
     assert result["no_speech_guards_on"]["clips"] == result["no_speech_guards_off"]["clips"] == 20
     assert result["long_file"]["seconds"] >= 6 and result["timestamp_cost_ratio_b16"] > 0

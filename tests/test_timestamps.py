@@ -14,7 +14,8 @@ from hubert_gpt_training.tiny import tiny_config
 from modeling_hubert_gpt import HubertGptASRPipeline, HubertGptForConditionalGeneration
 from modeling_hubert_gpt.alignment_hubert_gpt import align_texts, char_frames
 from modeling_hubert_gpt.pipeline_hubert_gpt import chunk_spans, join_pieces, stitch_posteriors
-from modeling_hubert_gpt.segments_hubert_gpt import cut_at_pauses, edges_in_pauses, pause_runs, pause_segments, quiet_frames
+from modeling_hubert_gpt.segments_hubert_gpt import (cut_at_pauses, edges_in_pauses, pause_runs, pause_segments, quiet_frames,
+                                                      split_piece, stopped_early)
 
 VOCAB = ["あ", "い", "う", "え"]
 BLANK = len(VOCAB)
@@ -219,21 +220,40 @@ def test_no_cut_leaves_a_piece_without_speech():
     assert pause_segments(posteriors([BLANK] * 100), BLANK, 100, 0.02, quiet) == [(0, 100)]  # no speech: no cut
 
 
+def hearing_sound(model, labels=(0,)):
+    """`model` with a CTC head made to hear a label on every sounding frame and blank on every quiet one (its logits
+    replaced, in `ctc_posteriors` and `encode_speech` alike). Labels cycle through `labels`: with two or more, every
+    sounding frame is a label of its own in the greedy hypothesis (20 ms frames: 50 labels a second)."""
+    real_posteriors, real_encode = model.ctc_posteriors, model.encode_speech
+
+    def logits(values, attention_mask, frames):  # (B, S) -> (B, T, C) one-hot logits over each row's own samples
+        lengths = [values.shape[1]] * len(values) if attention_mask is None else attention_mask.sum(-1).tolist()
+        rows = []
+        for row, n in zip(values, lengths):
+            still = quiet_frames(row[: int(n)], 320, frames)
+            cycle = torch.tensor(labels)[torch.arange(frames) % len(labels)]
+            rows.append(torch.where(still, torch.tensor(model.ctc_head.blank_id), cycle))
+        return torch.nn.functional.one_hot(torch.stack(rows), model.ctc_head.num_labels).float().mul(20)
+
+    def posteriors(values, attention_mask=None):
+        out = real_posteriors(values, attention_mask)
+        return out._replace(log_probs=logits(values, attention_mask, out.log_probs.shape[1]).log_softmax(-1))
+
+    def encode_speech(values, attention_mask=None, **kwargs):
+        out = real_encode(values, attention_mask, **kwargs)
+        if out.ctc_logits is None:
+            return out
+        return out._replace(ctc_logits=logits(values, attention_mask, out.ctc_logits.shape[1]))
+
+    model.ctc_posteriors, model.encode_speech = posteriors, encode_speech
+    return model
+
+
 def test_split_at_pauses_transcribes_the_speech_between_pauses_piece_by_piece(tiny_tokenizer, tiny_feature_extractor):
     """Two stretches of sound 0.8 s apart; a head made to hear a label on every sounding frame (its posteriors
     replaced: blank where the audio is quiet). split_at_pauses=True cuts in the silence and transcribes each piece on
     its own; without it the input is one piece. Batched == single either way."""
-    model = char_model(tiny_tokenizer)
-    real = model.ctc_posteriors
-
-    def heard(values, attention_mask=None):
-        out = real(values, attention_mask)
-        still = quiet_frames(values[0], 320, out.log_probs.shape[1])
-        labels = torch.where(still, torch.tensor(model.ctc_head.blank_id), torch.tensor(0))
-        log_probs = torch.nn.functional.one_hot(labels, out.log_probs.shape[-1]).float().mul(20).log_softmax(-1)
-        return out._replace(log_probs=log_probs[None])
-
-    model.ctc_posteriors = heard
+    model = hearing_sound(char_model(tiny_tokenizer))
     asr = HubertGptASRPipeline(model=model, tokenizer=tiny_tokenizer, feature_extractor=tiny_feature_extractor)
     unguarded = dict(no_speech_threshold=None, loop_guard=False)
     sound = [make_audio(1.5, seed=5), make_audio(1.2, seed=6)]
@@ -268,3 +288,58 @@ def test_pieces_keep_a_margin_of_the_pauses_at_their_cuts_within_the_longest_pie
     assert edges_in_pauses(1500, 3000, runs, 100, 3000, 3000, 8) == (1200, 3000)  # a short pause: shared
     assert edges_in_pauses(1500, 3000, runs, 100, 1700, 3000, 8) == (1500, 3000)  # longer than 1700: kept
     assert edges_in_pauses(0, 3000, runs, 100, 3000, 3000, 3) == (0, 3000)  # the input's ends stay
+
+
+def test_a_transcript_that_stops_early_is_split_at_its_longest_inner_pause():
+    """frames of 20 ms; labels on 5-19, 30-44 and 52-79: inner pauses 20-29 (0.2 s) and 45-51 (0.14 s)."""
+    frames = [BLANK] * 90
+    for a, b in ((5, 20), (30, 45), (52, 80)):
+        frames[a:b] = [k % 2 for k in range(a, b)]
+    log_probs, quiet = posteriors(frames), torch.tensor([f == BLANK for f in frames])
+    # cut at frame 25; a pause shorter than two 0.3 s margins is shared by both parts
+    assert split_piece(log_probs, BLANK, quiet, 320, 0.02, 90 * 320, 1600) == [(0, 30 * 320), (20 * 320, 90 * 320)]
+    assert split_piece(log_probs, BLANK, quiet, 320, 0.02, 90 * 320, 26 * 320) is None  # a part would be too short
+    frames[20:30] = [0] * 10  # one stretch 5-44 now: the 0.14 s pause is the one left
+    log_probs = posteriors(frames)
+    quiet[20:30] = False
+    assert split_piece(log_probs, BLANK, quiet, 320, 0.02, 90 * 320, 1600) == [(0, 52 * 320), (45 * 320, 90 * 320)]
+    frames[45:52] = [0] * 4 + [BLANK] * 3  # 0.06 s: shorter than INNER_PAUSE_SECONDS
+    quiet[45:49] = False
+    assert split_piece(posteriors(frames), BLANK, quiet, 320, 0.02, 90 * 320, 1600) is None
+    assert [stopped_early(w, 10) for w in (5, 6)] == [True, False]  # 0.8 n - 2 = 6
+    assert not stopped_early(0, 2)  # a word or two heard: never split
+
+
+def test_early_stop_split_transcribes_the_parts_of_an_input_the_llm_stopped_early_on(tiny_tokenizer,
+                                                                                     tiny_feature_extractor):
+    """Two stretches of sound 0.8 s apart that the head hears as ~135 labels, and an LLM allowed 4 tokens: it stops
+    early, so the input is cut in its pause, as split_at_pauses cuts it, and each part transcribed; off, one piece.
+    Batched == single; timestamps cover the joined text."""
+    model = hearing_sound(char_model(tiny_tokenizer), labels=(0, 1))
+    asr = HubertGptASRPipeline(model=model, tokenizer=tiny_tokenizer, feature_extractor=tiny_feature_extractor)
+    options = dict(no_speech_threshold=None, loop_guard=False, max_new_tokens=4)
+    audio = np.concatenate([make_audio(1.5, seed=5), np.zeros(12800, np.float32), make_audio(1.2, seed=6)])
+    values = tiny_feature_extractor(audio, sampling_rate=16000, return_tensors="pt")["input_values"]
+    whole = model.ctc_posteriors(values).log_probs[0]
+    quiet = quiet_frames(values[0], 320, len(whole))
+    parts = split_piece(whole, model.ctc_head.blank_id, quiet, 320, 0.02, len(audio), model.min_input_samples)
+    assert parts == cut_at_pauses(model, tiny_feature_extractor, audio, len(audio) + 320, 320)[0]
+    split = asr(audio, split_at_pauses=True, early_stop_split=False, **options)
+    assert asr(audio, **options) == split  # on by default with a CTC head
+    one_piece = asr(audio, early_stop_split=False, **options)
+    assert one_piece["text"] != split["text"]  # two parts of up to 4 tokens each, not one of 4
+    features = tiny_feature_extractor(audio, sampling_rate=16000, return_tensors="pt")
+    ids = model.generate(features["input_values"], **options)[0].tolist()
+    assert one_piece["text"] == tiny_tokenizer.decode([t for t in ids if t != model.generation_config.pad_token_id],
+                                                      skip_special_tokens=True)
+    other = make_audio(2.0, seed=7)
+    assert asr([other, audio], batch_size=2, **options) == [asr(other, **options), split]
+    stamped = asr(audio, return_timestamps="char", **options)
+    assert stamped["text"] == split["text"] and "".join(c["text"] for c in stamped["chunks"]) == split["text"]
+    starts = [c["timestamp"][0] for c in stamped["chunks"]]
+    assert starts == sorted(starts)
+    asks = {"early_stop_split": True}
+    plain = HubertGptASRPipeline(model=HubertGptForConditionalGeneration(tiny_config("conv")).eval(),
+                                 tokenizer=tiny_tokenizer, feature_extractor=tiny_feature_extractor)
+    with pytest.raises(ValueError, match="early_stop_split compares the transcript with the CTC head, and this model has none"):
+        plain(audio, **asks)
