@@ -11,6 +11,11 @@ A hotword test set (`build_hotword_set`, `--hotword_set N`): N test-like sentenc
 name that never occurs in the corpus's training text but is written only with characters that do (`held_out_names`),
 spoken with the test split's held-out voices; its `names` column says which name each utterance holds, and
 `distractors` in hotwords.json lists 20 other held-out names that none of them says (for leakage).
+
+A name pool (`--name_pool N`): half of the training sentences (every template has a person or place slot) hold one of
+N two-kanji surnames (`name_pool`: common surname characters, never one of NAME_CANDIDATES) instead, so the model
+hears far more sound sequences than the grammar's 56 words: what a model needs to spell a name it has never heard.
+The dev and test splits stay the grammar's.
 """
 
 import argparse
@@ -64,8 +69,9 @@ def _uniform_from(ranges, rng):
     return rng.uniform(low, high)
 
 
-def plan(hours, seed):
-    """(split, sentence, speed, half_tone) per utterance; ~2.2 s per sentence at speed 1."""
+def plan(hours, seed, name_pool=0):
+    """(split, sentence, speed, half_tone) per utterance; ~2.2 s per sentence at speed 1. With `name_pool`, half the
+    training sentences are instead `named_sentence`s holding one of that many pool names."""
     rng = random.Random(seed)
     pool = {name: [] for name, _ in SPLITS}
     for sentence in all_sentences():
@@ -74,13 +80,39 @@ def plan(hours, seed):
         rng.shuffle(sentences)
     total = int(hours * 3600 / 2.2)
     counts = {"train": int(total * 0.9), "dev": int(total * 0.05), "test": int(total * 0.05)}
+    names = name_pool_of(name_pool, seed)
     rows = []
     for name, count in counts.items():
         voices = TRAIN_VOICES if name == "train" else HELD_OUT_VOICES
         for sentence in pool[name][:count]:
+            if name == "train" and names and rng.random() < 0.5:  # every template has a person or place slot
+                sentence = named_sentence(names, rng)
             rows.append((name, sentence, round(_uniform_from(voices["speed"], rng), 3),
                          round(_uniform_from(voices["half_tone"], rng), 2)))
     return rows
+
+
+SURNAME_FIRST = "山川田中本野村木林森井石原藤高小大西東北南上下松竹青白黒金岡島池沢宮谷内清日新真今友生水"
+SURNAME_SECOND = "山川田中本野村木林森井原島沢谷岡内口崎部藤尾"
+
+
+def name_pool_of(count, seed=0):
+    """`count` two-kanji surnames (first character from SURNAME_FIRST, second from SURNAME_SECOND), none of them one
+    of NAME_CANDIDATES (the hotword set's held-out names), in an order fixed by the seed."""
+    names = [a + b for a in SURNAME_FIRST for b in SURNAME_SECOND if a != b and a + b not in NAME_CANDIDATES]
+    if count > len(names):
+        raise ValueError(f"name_pool can be at most {len(names)} names, got {count}")
+    random.Random(seed).shuffle(names)
+    return names[:count]
+
+
+def named_sentence(names, rng):
+    """A sentence of a template with a person or place slot, that slot holding one of `names`."""
+    template = rng.choice([t for t in TEMPLATES if "person" in t or "place" in t])
+    slot = rng.choice([s for s in ("person", "place") if s in template])
+    name = rng.choice(names)
+    return "".join(name + ("さんが" if s == slot == "person" else "で") if s == slot else rng.choice(WORDS[s])
+                   for s in template)
 
 
 SPEED_FACTORS = (0.9, 1.0, 1.1)  # --speed_perturb: Kaldi's classic three-way speed perturbation
@@ -125,17 +157,18 @@ def add_noise(audio, rng, snr_db=(10.0, 30.0)):
     return audio + rng.standard_normal(len(audio)) * math.sqrt(power / 10 ** (snr / 10))
 
 
-def build(hours=2.0, out="data", seed=0, augment=False, workers=None, speed_perturb=False):
+def build(hours=2.0, out="data", seed=0, augment=False, workers=None, speed_perturb=False, name_pool=0):
     """Build (or reuse) the corpus; returns its folder."""
     import datasets
     from tqdm import tqdm
 
     fields = [FORMAT, hours, seed, augment, WORDS, TEMPLATES, TRAIN_VOICES, HELD_OUT_VOICES]
-    key = hashlib.sha1(json.dumps(fields + ([SPEED_FACTORS] if speed_perturb else [])).encode())
+    fields += ([SPEED_FACTORS] if speed_perturb else []) + ([name_pool_of(name_pool, seed)] if name_pool else [])
+    key = hashlib.sha1(json.dumps(fields).encode())
     folder = os.path.join(out, f"ja-synth-{hours:g}h-seed{seed}-{key.hexdigest()[:8]}")
     if os.path.exists(os.path.join(folder, "dataset_dict.json")):
         return folder
-    rows = plan(hours, seed)
+    rows = plan(hours, seed, name_pool)
     columns = {name: {"audio": [], "transcription": [], "speed": [], "half_tone": []} for name, _ in SPLITS}
     with Pool(workers or os.cpu_count()) as pool:
         jobs = pool.imap(_synthesize_job, [(row, augment, seed, speed_perturb) for row in rows], chunksize=16)
@@ -224,11 +257,13 @@ def main(argv=None):
     parser.add_argument("--augment", action="store_true", help="noise at a random SNR on training audio")
     parser.add_argument("--speed_perturb", action="store_true",
                         help="training audio at speed 0.9, 1.0 or 1.1 (torchaudio), one drawn per sentence")
+    parser.add_argument("--name_pool", type=int, default=0, metavar="N",
+                        help="half the training sentences hold one of N surnames in their person or place slot")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--hotword_set", type=int, default=0, metavar="N",
                         help="also build a hotword test set of N utterances next to the corpus (prints its folder too)")
     args = parser.parse_args(argv)
-    folder = build(args.hours, args.out, args.seed, args.augment, args.workers, args.speed_perturb)
+    folder = build(args.hours, args.out, args.seed, args.augment, args.workers, args.speed_perturb, args.name_pool)
     print(folder)
     if args.hotword_set:
         print(build_hotword_set(folder, args.hotword_set, args.seed, args.workers))

@@ -70,6 +70,27 @@ def test_hotword_set_holds_held_out_names_of_trained_characters_spoken_like_the_
         assert corpus.synthesize(planned)[1] == row["audio"]["bytes"]
 
 
+def test_name_pool_puts_surnames_in_training_sentences_only_and_keeps_the_hotword_names_held_out(tmp_path):
+    plain = corpus.build(HOURS, str(tmp_path), seed=1, workers=1)
+    named = corpus.build(HOURS, str(tmp_path), seed=1, workers=1, name_pool=50)
+    assert named != plain
+    pool = corpus.name_pool_of(50, seed=1)
+    assert len(set(pool)) == 50 and not set(pool) & set(corpus.NAME_CANDIDATES)
+    a, b = datasets.load_from_disk(plain), datasets.load_from_disk(named)
+    train = b["train"]["transcription"]
+    holding = [t for t in train if any(n in t for n in pool)]
+    assert 0.2 * len(train) < len(holding) < 0.8 * len(train)  # half, drawn per sentence
+    assert all(corpus.split_of(t) == "train" for t in train if t not in holding)
+    for split in ("dev", "test"):  # the grammar's sentences, as without the pool
+        assert b[split]["transcription"] == a[split]["transcription"]
+    row = b["train"][train.index(holding[0])]
+    assert corpus.synthesize(("train", row["transcription"], row["speed"], row["half_tone"]))[1] == row["audio"]["bytes"]
+    info = json.loads((Path(corpus.build_hotword_set(named, count=4, seed=1, workers=1)) / "hotwords.json").read_text())
+    assert not any(n in t for n in info["spoken"] + info["distractors"] for t in train)
+    with pytest.raises(ValueError, match="name_pool can be at most 920 names, got 5000"):
+        corpus.name_pool_of(5000)
+
+
 def test_shortened_recipe_learns_and_writes_a_loadable_folder(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(
