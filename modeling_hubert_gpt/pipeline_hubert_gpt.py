@@ -279,7 +279,7 @@ class HubertGptASRPipeline(Pipeline):
         early_stop_split (`bool`, default True for models with a CTC head): an input or piece whose transcript stopped
             well short of what the CTC head heard (fewer than 0.8 n - 2 of its n labels: an LLM trained on one
             sentence at a time writes the first of two and stops) is cut at its longest inner pause of at least 0.1 s
-            and the parts transcribed in turn (segments_hubert_gpt.py); no cost where nothing stopped early.
+            and the parts transcribed in turn (segments_hubert_gpt.py); no extra model pass where nothing stopped early.
     Audio longer than the model takes (its LLM context must hold the speech prompt and the transcript bound;
     duration_hubert_gpt.py) is chunked without being asked, with a one-line warning naming `chunk_length_s`.
     Output: `{"text": str}`, plus `"chunks": [{"text": str, "timestamp": (start_s, end_s)}]` with return_timestamps.
