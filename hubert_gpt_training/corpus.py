@@ -86,7 +86,7 @@ def plan(hours, seed, name_pool=0):
         voices = TRAIN_VOICES if name == "train" else HELD_OUT_VOICES
         for sentence in pool[name][:count]:
             if name == "train" and names and rng.random() < 0.5:  # every template has a person or place slot
-                sentence = named_sentence(names, rng)
+                sentence, _ = named_sentence(names, rng)
             rows.append((name, sentence, round(_uniform_from(voices["speed"], rng), 3),
                          round(_uniform_from(voices["half_tone"], rng), 2)))
     return rows
@@ -107,12 +107,13 @@ def name_pool_of(count, seed=0):
 
 
 def named_sentence(names, rng):
-    """A sentence of a template with a person or place slot, that slot holding one of `names`."""
+    """(sentence, name): a sentence of a template with a person or place slot, that slot ("<name>さんが" or "<name>で")
+    holding one of `names`."""
     template = rng.choice([t for t in TEMPLATES if "person" in t or "place" in t])
     slot = rng.choice([s for s in ("person", "place") if s in template])
     name = rng.choice(names)
-    return "".join(name + ("さんが" if s == slot == "person" else "で") if s == slot else rng.choice(WORDS[s])
-                   for s in template)
+    words = [name + ("さんが" if s == "person" else "で") if s == slot else rng.choice(WORDS[s]) for s in template]
+    return "".join(words), name
 
 
 SPEED_FACTORS = (0.9, 1.0, 1.1)  # --speed_perturb: Kaldi's classic three-way speed perturbation
@@ -215,11 +216,8 @@ def hotword_plan(train_texts, count, seed=0):
     rng = random.Random(seed)
     rows, said = [], []
     for _ in range(count):
-        template = rng.choice([t for t in TEMPLATES if "person" in t or "place" in t])
-        slot = rng.choice([s for s in ("person", "place") if s in template])
-        name = rng.choice(spoken)
-        words = [name + ("さんが" if s == "person" else "で") if s == slot else rng.choice(WORDS[s]) for s in template]
-        rows.append(("hotwords", "".join(words), round(_uniform_from(HELD_OUT_VOICES["speed"], rng), 3),
+        sentence, name = named_sentence(spoken, rng)
+        rows.append(("hotwords", sentence, round(_uniform_from(HELD_OUT_VOICES["speed"], rng), 3),
                      round(_uniform_from(HELD_OUT_VOICES["half_tone"], rng), 2)))
         said.append([name])
     return rows, said, distractors
