@@ -231,6 +231,14 @@ class _Inputs:
     batch_size: int
 
 
+def transcript_ids(row, ends, special):
+    """A generated row (N,) -> its transcript's token ids: cut at the first id of `ends` (eos, and the padding after
+    it), ids of `special` dropped."""
+    ids = row.tolist()
+    ids = ids[: next((i for i, t in enumerate(ids) if t in ends), len(ids))]
+    return [t for t in ids if t not in special]
+
+
 @dataclass
 class _Chunk:
     """A piece of one input: its audio, where it starts in the input, the input's length; whether it overlaps its
@@ -489,8 +497,9 @@ class HubertGptASRPipeline(Pipeline):
             out = out.sequences
         done = [[(index, row, chunk)] for index, row, chunk in zip(indices, out, chunks)]  # per chunk: its results
         if early_stop_split:
+            ends, special = self._end_and_special_ids()
             parts = [(k, part) for k, (row, chunk) in enumerate(zip(out, chunks))
-                     for part in self._early_stop_parts(row, chunk)]
+                     for part in self._early_stop_parts(transcript_ids(row, ends, special), chunk)]
             redone = []  # per part: its results
             for at in range(0, len(parts), len(chunks)):  # batches no larger than this one
                 some = parts[at : at + len(chunks)]
@@ -502,15 +511,13 @@ class HubertGptASRPipeline(Pipeline):
             chunk.audio = None  # read; the rest is kept for postprocess
         return done
 
-    def _early_stop_parts(self, row, chunk):
-        """[] or the two _Chunks of `chunk` cut at its longest inner pause when its transcript `row` stopped early."""
+    def _early_stop_parts(self, ids, chunk):
+        """[] or the two _Chunks of `chunk` cut at its longest inner pause when its transcript (token `ids`, from
+        `transcript_ids`) stopped early."""
         from .alignment_hubert_gpt import seconds_per_frame
         from .segments_hubert_gpt import split_piece, stopped_early
 
         head = self.model.ctc_head
-        ends, special = self._end_and_special_ids()
-        ids = row.tolist()
-        ids = [t for t in ids[: next((i for i, t in enumerate(ids) if t in ends), len(ids))] if t not in special]
         written = len(ids) if head.vocab is None else len(head.char_ids(self.tokenizer.decode(ids)))
         heard = len(head.greedy_labels(chunk.posteriors[None], torch.tensor([len(chunk.posteriors)]))[0])
         if not stopped_early(written, heard):
@@ -559,9 +566,7 @@ class HubertGptASRPipeline(Pipeline):
         chunks = [[] for _ in range(model_outputs["num_inputs"])]  # per input, its chunks' token lists in order
         pieces = [[] for _ in range(model_outputs["num_inputs"])]  # per input, its _Chunks in order
         for (index, row), piece in zip(model_outputs["tokens"], model_outputs["chunks"]):
-            ids = row.tolist()
-            ids = ids[: next((i for i, t in enumerate(ids) if t in ends), len(ids))]  # drop eos and the padding after
-            chunks[index].append([t for t in ids if t not in special])
+            chunks[index].append(transcript_ids(row, ends, special))
             pieces[index].append(piece)
         decode = partial(self.tokenizer.decode, skip_special_tokens=True)
         outputs = [{"text": decode(merge_chunk_tokens(c)) if p[0].overlapping else join_pieces(map(decode, c))}
