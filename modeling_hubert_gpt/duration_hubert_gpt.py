@@ -24,6 +24,13 @@ def positions_needed(model, sample_lengths):
     return frames + 2 + bound.to(frames.device)
 
 
+def fits(model, num_samples):
+    """Whether an utterance of `num_samples` samples fits the LLM's context (one look; `longest_input_samples`
+    searches for the limit, ~25 looks)."""
+    context = llm_context(model)
+    return context is None or int(positions_needed(model, torch.tensor([num_samples]))) <= context
+
+
 def longest_input_samples(model):
     """The most audio samples one utterance may have (None: the LLM states no context length)."""
     context = llm_context(model)

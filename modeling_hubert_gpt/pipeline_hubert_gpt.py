@@ -382,13 +382,11 @@ class HubertGptASRPipeline(Pipeline):
 
     def _auto_chunk_length_s(self, num_samples):
         """chunk_length_s for audio longer than the model takes (duration_hubert_gpt.py), or None when it fits."""
-        from .duration_hubert_gpt import longest_input_samples
+        from .duration_hubert_gpt import fits, longest_input_samples
 
-        if not hasattr(self.model, "audio_tower"):
+        if not hasattr(self.model, "audio_tower") or fits(self.model, num_samples):
             return None
         longest = longest_input_samples(self.model)
-        if longest is None or num_samples <= longest:
-            return None
         rate = self.feature_extractor.sampling_rate
         chunk_length_s = math.floor(longest * 0.9 / rate)  # a margin below the limit: the last chunk may be longer
         logger.warning(f"{num_samples / rate:.1f} s of audio is more than this model takes at once ({longest / rate:.1f} s): "

@@ -10,7 +10,7 @@ from test_model import padded_batch, strip
 
 from hubert_gpt_training.tiny import tiny_config
 from modeling_hubert_gpt import HubertGptASRPipeline, HubertGptForConditionalGeneration
-from modeling_hubert_gpt.duration_hubert_gpt import longest_input_samples, positions_needed
+from modeling_hubert_gpt.duration_hubert_gpt import fits, longest_input_samples, positions_needed
 from modeling_hubert_gpt.guards_hubert_gpt import LOOP_BASE, LOOP_RATIO, repeat_cut
 
 
@@ -129,6 +129,7 @@ def test_long_audio_generate_refuses_and_the_pipeline_chunks_it(tiny_tokenizer, 
     longest = longest_input_samples(model)
     assert int(positions_needed(model, torch.tensor([longest]))) <= 128 < int(
         positions_needed(model, torch.tensor([longest + 320])))
+    assert fits(model, longest) and not fits(model, longest + 1)  # the pipeline's one look agrees with the search
     audio = make_audio(2.5 * longest / 16000, seed=0)
     with pytest.raises(ValueError, match=rf"at most {longest / 16000:.1f} s per utterance.*chunk"):
         model.generate(torch.from_numpy(audio)[None])
@@ -138,3 +139,7 @@ def test_long_audio_generate_refuses_and_the_pipeline_chunks_it(tiny_tokenizer, 
     chunk_s = int(longest * 0.9 / 16000)
     assert f"in chunks of {chunk_s} s (set chunk_length_s" in caplog.text
     assert out == asr(audio, chunk_length_s=chunk_s)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        asr(audio[:longest])  # the longest input that fits: one piece, no warning
+    assert "in chunks of" not in caplog.text
