@@ -26,12 +26,13 @@ leading space may come with a word's first token). Tokens whose text is not whol
 edges. The processor reads each row's generated tokens, so it holds for batches (each row its own words), beams
 (each beam its own prefix) and the speculative verifier (`add_boost` after any prefix: the same processed logits).
 
-Remote code: imports torch and the public transformers API only.
+Remote code: imports numpy, torch and the public transformers API only.
 """
 
 import warnings
 import weakref
 
+import numpy as np
 import torch
 from transformers import LogitsProcessor
 
@@ -96,48 +97,47 @@ def keyword_scores(log_probs, frame_lengths, keywords, blank):
 
     Returns (scores (B, W): the best path's sum of log P(label) - max_c log P(c) per label (<= 0), first_frames (B, W)
     long: where that path starts). The path runs through the keyword's CTC states [k1, blank, k2, blank, ..., kn]
-    (a blank may be skipped between different labels) and may start and end at any frame."""
+    (a blank may be skipped between different labels) and may start and end at any frame. The pass over the frames
+    runs in numpy on the CPU: its arrays are tiny and a frame's dozen operations cost little there."""
     batch, frames = log_probs.shape[:2]
     width = 2 * max(len(k) for k in keywords) - 1
-    labels = torch.full((len(keywords), width), blank, dtype=torch.long)  # (W, S) label of each state
-    can_skip = torch.zeros(len(keywords), width, dtype=torch.bool)  # state s may be entered from s - 2
-    last = torch.tensor([2 * len(k) - 2 for k in keywords])  # (W,) the final state
+    labels = np.full((len(keywords), width), blank, dtype=np.int64)  # (W, S) label of each state
+    skip = np.full((len(keywords), width), -np.inf, dtype=np.float32)  # 0 where state s may be entered from s - 2
+    last = np.array([2 * len(k) - 2 for k in keywords])  # (W,) the final state
     for w, keyword in enumerate(keywords):
-        labels[w, 0 : 2 * len(keyword) : 2] = torch.tensor(keyword)
+        labels[w, 0 : 2 * len(keyword) : 2] = keyword
         for j in range(1, len(keyword)):
-            can_skip[w, 2 * j] = keyword[j] != keyword[j - 1]
-    device = log_probs.device
-    labels, can_skip, last = labels.to(device), can_skip.to(device), last.to(device)
+            skip[w, 2 * j] = 0.0 if keyword[j] != keyword[j - 1] else -np.inf
     ratio = log_probs.float() - log_probs.float().max(-1, keepdim=True).values  # (B, T, C), <= 0
-    emit = ratio[:, :, labels]  # (B, T, W, S)
-    emit = emit.masked_fill(torch.arange(width, device=device) > last[:, None], float("-inf"))
-    score = torch.full((batch, len(keywords), width), float("-inf"), device=device)  # (B, W, S) best path into s
-    start = torch.zeros(batch, len(keywords), width, dtype=torch.long, device=device)  # its first frame
-    best = torch.full((batch, len(keywords)), float("-inf"), device=device)
-    best_start = torch.zeros(batch, len(keywords), dtype=torch.long, device=device)
-    minus_inf = score.new_full((batch, len(keywords), 1), float("-inf"))
+    emit = ratio.cpu().numpy()[:, :, labels]  # (B, T, W, S)
+    emit[:, :, np.arange(width) > last[:, None]] = -np.inf
+    lengths = frame_lengths.cpu().numpy()
+    # score[..., s + 2]: the best path into state s so far, start[..., s + 2] its first frame; two -inf states in front
+    score = np.full((batch, len(keywords), width + 2), -np.inf, dtype=np.float32)  # (B, W, S + 2)
+    start = np.zeros((batch, len(keywords), width + 2), dtype=np.int64)
+    best = np.full((batch, len(keywords)), -np.inf, dtype=np.float32)
+    best_start = np.zeros((batch, len(keywords)), dtype=np.int64)
+    rows, words = np.arange(batch)[:, None], np.arange(len(keywords))[None, :]
     for t in range(frames):
-        fresh = score.new_full((batch, len(keywords), 1), 0.0)  # entering the first state here (free start)
-        candidates = torch.stack([  # (3, B, W, S): stay, from s - 1, from s - 2
-            torch.cat([torch.maximum(score[..., :1], fresh), score[..., 1:]], -1),
-            torch.cat([minus_inf, score[..., :-1]], -1),
-            torch.cat([minus_inf, minus_inf, score[..., :-2]], -1).masked_fill(~can_skip, float("-inf")),
-        ])
-        starts = torch.stack([
-            torch.cat([torch.where(score[..., :1] >= 0, start[..., :1], t), start[..., 1:]], -1),
-            torch.cat([start[..., :1], start[..., :-1]], -1),
-            torch.cat([start[..., :2], start[..., :-2]], -1),
-        ])
-        choice = candidates.argmax(0, keepdim=True)  # (1, B, W, S)
-        live = (t < frame_lengths.to(device))[:, None, None]  # (B, 1, 1): padded frames change nothing
-        new_score = candidates.gather(0, choice)[0] + emit[:, t]
-        score = torch.where(live, new_score, score)
-        start = torch.where(live, starts.gather(0, choice)[0], start)
-        ended = score.gather(-1, last[None, :, None].expand(batch, -1, 1))[..., 0]  # (B, W)
+        here, here_start = score[..., 2:].copy(), start[..., 2:].copy()  # staying in s
+        here_start[..., 0] = np.where(here[..., 0] >= 0, here_start[..., 0], t)  # a free start into the first state
+        np.maximum(here[..., 0], 0.0, out=here[..., 0])
+        for shift, extra in ((1, 0.0), (2, skip)):  # entering s from s - 1, from s - 2: taken only when better
+            came = score[..., 2 - shift : width + 2 - shift] + extra
+            better = came > here
+            here = np.where(better, came, here)
+            here_start = np.where(better, start[..., 2 - shift : width + 2 - shift], here_start)
+        here += emit[:, t]
+        if t >= lengths.min():  # padded frames change nothing
+            live = (t < lengths)[:, None, None]
+            here, here_start = np.where(live, here, score[..., 2:]), np.where(live, here_start, start[..., 2:])
+        score[..., 2:], start[..., 2:] = here, here_start
+        ended, ended_start = here[rows, words, last], here_start[rows, words, last]  # (B, W)
         better = ended > best
-        best, best_start = torch.where(better, ended, best), torch.where(better, start.gather(
-            -1, last[None, :, None].expand(batch, -1, 1))[..., 0], best_start)
-    return best / torch.tensor([len(k) for k in keywords], device=device), best_start
+        best, best_start = np.where(better, ended, best), np.where(better, ended_start, best_start)
+    device = log_probs.device
+    scores = torch.from_numpy(best).to(device) / torch.tensor([len(k) for k in keywords], device=device)
+    return scores, torch.from_numpy(best_start).to(device)
 
 
 def spelled_before(ctc_head, log_probs, frame_lengths, first_frames, vocabulary):

@@ -60,6 +60,9 @@ def test_keyword_scores_on_constructed_posteriors():
     assert scores[:, 0].tolist() == [0.0, 0.0] and first[:, 0].tolist() == [2, 2]  # heard exactly, from frame 2
     assert scores[0, 1] == 0.0 and scores[1, 1] < -19 and first[0, 1] == 8
     assert scores[0, 2] < -9  # "b a": the order matters (one label forced where another is heard: -20 / 2)
+    alone = keyword_scores(log_probs.log_softmax(-1), torch.tensor([10, 6]), [[c], [a]], blank)  # one label each
+    assert torch.equal(alone[0][:, 0], scores[:, 1]) and torch.equal(alone[1][:, 0], first[:, 1])
+    assert alone[0][:, 1].tolist() == [0.0, 0.0] and alone[1][:, 1].tolist() == [2, 2]
 
 
 # --- generate ----------------------------------------------------------------------------------------------------------
@@ -101,6 +104,8 @@ def test_a_word_the_head_cannot_hear_is_never_boosted(tiny_tokenizer):
     heard = model.generate(values, mask, hotwords=["猫が", "東京で"], hotword_boost=BOOST, tokenizer=tiny_tokenizer)
     assert [list(r.trie.words) for r in model.last_hotwords.rows] == [["猫が"]] * 3  # only the heard word is active
     assert rows(heard, pad) != rows(plain, pad)
+    model.generate(values, mask, hotwords=["猫", "東"], hotword_boost=BOOST, tokenizer=tiny_tokenizer)  # one character each
+    assert [list(r.trie.words) for r in model.last_hotwords.rows] == [["猫"]] * 3
 
 
 def test_no_hotwords_is_exactly_plain_decoding(tiny_tokenizer):
