@@ -109,7 +109,7 @@ def keyword_scores(log_probs, frame_lengths, keywords, blank):
         for j in range(1, len(keyword)):
             skip[w, 2 * j] = 0.0 if keyword[j] != keyword[j - 1] else -np.inf
     ratio = log_probs.float() - log_probs.float().max(-1, keepdim=True).values  # (B, T, C), <= 0
-    emit = ratio.cpu().numpy()[:, :, labels]  # (B, T, W, S)
+    emit = ratio.detach().cpu().numpy()[:, :, labels]  # (B, T, W, S)
     emit[:, :, np.arange(width) > last[:, None]] = -np.inf
     lengths = frame_lengths.cpu().numpy()
     # score[..., s + 2]: the best path into state s so far, start[..., s + 2] its first frame; two -inf states in front
