@@ -33,15 +33,14 @@ def fits(model, num_samples):
 
 def longest_input_samples(model):
     """The most audio samples one utterance may have (None: the LLM states no context length)."""
-    context = llm_context(model)
-    if context is None:
+    if llm_context(model) is None:
         return None
     low, high = 0, model.config.sampling_rate
-    while int(positions_needed(model, torch.tensor([high]))) <= context:  # grow until it does not fit
+    while fits(model, high):  # grow until it does not fit
         low, high = high, 2 * high
     while high - low > 1:  # the last length that fits lies in [low, high)
         middle = (low + high) // 2
-        if int(positions_needed(model, torch.tensor([middle]))) <= context:
+        if fits(model, middle):
             low = middle
         else:
             high = middle

@@ -107,7 +107,8 @@ def keyword_scores(log_probs, frame_lengths, keywords, blank):
     for w, keyword in enumerate(keywords):
         labels[w, 0 : 2 * len(keyword) : 2] = keyword
         for j in range(1, len(keyword)):
-            skip[w, 2 * j] = 0.0 if keyword[j] != keyword[j - 1] else -np.inf
+            if keyword[j] != keyword[j - 1]:
+                skip[w, 2 * j] = 0.0
     ratio = log_probs.float() - log_probs.float().max(-1, keepdim=True).values  # (B, T, C), <= 0
     emit = ratio.detach().cpu().numpy()[:, :, labels]  # (B, T, W, S)
     emit[:, :, np.arange(width) > last[:, None]] = -np.inf
