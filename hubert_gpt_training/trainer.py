@@ -7,7 +7,8 @@ LOSS_PARTS = ("llm_loss", "ctc_loss")
 
 
 class HubertGptTrainer(Seq2SeqTrainer):
-    """Logs `llm_loss` and `ctc_loss` beside `loss`: their means over the training steps since the last log row.
+    """Logs `llm_loss` and `ctc_loss` beside `loss`: the means of each batch's values (the model's per-batch means)
+    over the batches trained since the last log row.
 
     `ctc_loss_weight` (None: the model's default, 0.3) and `ctc_trains_encoder` (False: the auxiliary CTC loss trains
     the CTC head alone) go to every forward that computes a loss, in training and evaluation (as keywords, which

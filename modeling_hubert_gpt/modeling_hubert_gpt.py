@@ -53,7 +53,8 @@ class CtcPosteriors(NamedTuple):
 
 @dataclass
 class HubertGptOutput(ModelOutput):
-    """loss = llm_loss + ctc_loss_weight * ctc_loss; logits (B, L, V) over the packed prompt; cache (the KV cache),
+    """loss = llm_loss + ctc_loss_weight * ctc_loss (times this batch's share of the step's labels where forward got
+    Trainer's num_items_in_batch); logits (B, L, V) over the packed prompt; cache (the KV cache),
     hidden_states and attentions are the LLM's over that prompt (with use_cache / output_hidden_states /
     output_attentions)."""
 
@@ -81,6 +82,10 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     def __init__(self, config: HubertGptConfig, audio_tower=None, language_model=None):
         super().__init__(config)
+        # Trainer counts the labels a step's loss is over (num_items_in_batch) and, for a loss type mapped to the
+        # causal-LM loss (as "ForConditionalGeneration" is), leaves out each row's first label as one no position
+        # predicts. Here `labels` are the transcript alone, after the speech prompt: every one is predicted.
+        self.loss_type = None
         self.audio_tower = HubertGptAudioEncoder(config, audio_tower)
         if language_model is None:
             try:
@@ -299,7 +304,14 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         encoder's gradient stopped), for a draft head next to a bridge that does not use it. Other keywords
         (use_cache, output_hidden_states, output_attentions, ...) go to the LLM; return_dict=False (or
         config.return_dict=False) returns the output's non-None fields as a tuple.
+
+        num_items_in_batch (Trainer passes it: the label count of the whole optimizer step, over its accumulated
+        batches and, by default, all processes): `loss` is then this batch's share of the step's loss, scaled by its
+        label count / num_items_in_batch, so that the step's summed losses are its mean over tokens, whatever the
+        gradient accumulation and number of processes (the CTC loss weighted by the same share). `llm_loss` and
+        `ctc_loss` stay this batch's means.
         """
+        num_items = kwargs.pop("num_items_in_batch", None)
         weight = DEFAULT_CTC_LOSS_WEIGHT if ctc_loss_weight is None else ctc_loss_weight
         needs_ctc = labels is not None and weight > 0 and self.ctc_head is not None
         speech = self.encode_speech(input_values, attention_mask, ctc_head=needs_ctc, ctc_trains_encoder=ctc_trains_encoder)
@@ -314,6 +326,8 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
             targets = self.ctc_head.targets_from(labels, ctc_targets, eos).to(speech.ctc_logits.device)
             ctc_loss = self.ctc_head.loss(speech.ctc_logits, speech.frame_lengths, targets)
             loss = llm_loss + weight * ctc_loss
+        if loss is not None and num_items is not None:
+            loss = loss * (labels != -100).sum().to(loss.device) / torch.as_tensor(num_items, device=loss.device)
         return HubertGptOutput(
             loss=loss, logits=outputs.logits, cache=outputs.get("cache"),
             hidden_states=outputs.get("hidden_states"), attentions=outputs.get("attentions"), llm_loss=llm_loss,

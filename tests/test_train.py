@@ -15,7 +15,9 @@ import torch
 from helpers import make_audio, transcribe_in_fresh_process
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
+from step_driver import one_step, tiny_model_and_rows
 
+from hubert_gpt_training.data import SpeechCollator
 from modeling_hubert_gpt import HubertGptForConditionalGeneration, HubertGptProcessor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,7 +129,7 @@ def test_run_reports_its_speed_and_the_wall_time_of_each_phase(tmp_path):
 
 def test_trainer_gives_every_loss_forward_the_ctc_settings(tiny_processor, tmp_path):
     """HubertGptTrainer(ctc_loss_weight=, ctc_trains_encoder=) reaches the model in training and in evaluation
-    (generating or not)."""
+    (generating or not), whose loss is the model's."""
     import datasets
     from transformers import Seq2SeqTrainingArguments
 
@@ -166,8 +168,61 @@ def test_trainer_gives_every_loss_forward_the_ctc_settings(tiny_processor, tmp_p
             metrics = trainer.evaluate()
             assert calls == [{"ctc_loss_weight": weight, "ctc_trains_encoder": False}]
             assert ("eval_rows" in metrics) == (not loss_only)
+            with torch.no_grad():  # the mean over every label (Trainer's label count agrees with the model's)
+                expected = forward(**collator(rows), ctc_loss_weight=weight).loss
+            assert metrics["eval_loss"] == pytest.approx(float(expected), rel=1e-5)
             losses[weight] = metrics["eval_loss"]
     assert losses[1.0] > losses[0.0]
+
+
+EQUAL_LENGTHS = ["駅", "犬", "雨", "猫"]  # two tokens each with the tiny tokenizer (then eos)
+UNEQUAL_LENGTHS = ["今日は", "猫が水を飲む", "hello", "今日は晴れ"]
+
+
+def one_batch_of_four(tiny_processor, tmp_path, weight, texts):
+    """The update and loss of one step over the four utterances as one batch, and their loss from a bare forward."""
+    model, rows = tiny_model_and_rows(tiny_processor, texts)
+    assert [len(tiny_processor.tokenizer(t)["input_ids"]) for t in EQUAL_LENGTHS] == [2] * 4
+    with torch.no_grad():
+        expected = model(**SpeechCollator(tiny_processor)(rows), ctc_loss_weight=weight).loss
+    update, logged = one_step(model, tiny_processor, rows, 4, 1, weight, tmp_path / "one_batch")
+    assert logged["loss"] == pytest.approx(float(expected), rel=1e-6)  # every label counted once
+    return model, rows, update, float(expected)
+
+
+def assert_same_update(update, expected_update):
+    """Equal up to float sums taken in another order: 2e-4 of each tensor's largest update (seen: up to 6e-5, on the
+    attention keys' small gradients; their biases' are zero but for rounding, 1e-12)."""
+    for name, expected in expected_update.items():
+        tolerance = 2e-4 * float(expected.abs().max()) + 1e-8
+        torch.testing.assert_close(update[name], expected, rtol=0, atol=tolerance, msg=name)
+
+
+@pytest.mark.parametrize("weight, texts", [(0.0, UNEQUAL_LENGTHS), (1.0, EQUAL_LENGTHS)])
+def test_accumulated_batches_update_the_weights_as_one_batch(tiny_processor, tmp_path, weight, texts):
+    """Two accumulated batches of two move every weight as one batch of four does and log the same loss: the LLM
+    loss is a mean over the step's tokens, and the CTC loss counts once per step, not once per accumulated batch
+    (each batch's CTC mean is weighted by its share of the step's tokens: its share of the rows here, where the
+    transcripts are equally long)."""
+    model, rows, expected_update, expected_loss = one_batch_of_four(tiny_processor, tmp_path, weight, texts)
+    update, logged = one_step(model, tiny_processor, rows, 2, 2, weight, tmp_path / "accumulated")
+    assert logged["loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert_same_update(update, expected_update)
+    if weight:
+        assert expected_update["ctc_head.out.weight"].abs().sum() > 0  # the CTC loss is in the step
+
+
+def test_two_processes_update_the_weights_as_one_batch(tiny_processor, tmp_path):
+    """Two processes with two utterances each (Trainer averaging the token count across them, its default) move
+    every weight as one process with the four does, CTC loss included."""
+    _, _, expected_update, _ = one_batch_of_four(tiny_processor, tmp_path, 1.0, EQUAL_LENGTHS)
+    tiny_processor.save_pretrained(tmp_path / "processor")
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", str(29500 + (os.getpid() + 7) % 1000))
+    run([*launcher, str(ROOT / "tests" / "step_driver.py"), str(tmp_path / "processor"),
+         str(tmp_path / "ranks" / "update.pt"), "2", "1", "1.0", *EQUAL_LENGTHS], tmp_path)
+    update = torch.load(tmp_path / "ranks" / "update.pt")["update"]
+    assert_same_update(update, expected_update)
 
 
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
