@@ -109,6 +109,15 @@ class DataArguments:
         "help": "probability per training utterance and end of cropping a random share of its edge silence (0: off); "
                 "for corpora whose utterances all carry the same silence around their sound "
                 "(hubert_gpt_training/augment.py)"})
+    room_augment: float = field(default=0.0, metadata={
+        "help": "probability per training utterance of playing it in a simulated room, with noise and/or over a "
+                "telephone line (0: off; hubert_gpt_training/augment.py RoomAugment)"})
+    non_speech: float = field(default=0.0, metadata={
+        "help": "probability per training utterance of replacing it by noise, hum, tones or room tone with an empty "
+                "transcript (0: off): the LLM learns to write nothing for sound without speech"})
+    test_splits: str | None = field(default=None, metadata={
+        "help": "comma-separated splits evaluated after training, the first one the headline CER (default: the "
+                "eval split); the embedded recipe adds its noisy, reverberant, telephone and katakana test splits"})
     reazonspeech_base_url: str | None = field(default=None, metadata={
         "help": "reazon-research/reazonspeech: where its files are (a mirror URL, a folder or file://; default "
                 "https://corpus.reazon-research.org/); splits train, train_holdout and test (the last shard)"})
@@ -151,7 +160,8 @@ RECIPE = dict(max_steps=2000, per_device_train_batch_size=16, per_device_eval_ba
               lr_scheduler_type="cosine", warmup_steps=200, weight_decay=0.01, logging_steps=25, eval_strategy="steps",
               eval_steps=500, save_strategy="no", report_to="none", model_size="small", bridge="conv",
               audio_frontend="log_mel", encoder_hop=640, log_mel_stack=4, frontend_width=192, max_train_minutes=90,
-              eval_split="test", edge_silence_crop=0.5)
+              eval_split="dev", test_splits="test,test_noisy,test_reverb,test_phone,test_katakana",
+              edge_silence_crop=0.5, room_augment=0.5, non_speech=0.03, vocab_size=1000)
 # Per bridge: the conv bridge gets a CTC draft head trained alone (a small weight is enough: its loss only
 # trains the head); the ctc bridge's own head trains the encoder at full weight.
 RECIPE_BY_BRIDGE = {"conv": dict(bridge_strides="2,1", ctc_head=True, ctc_head_chars=True, ctc_trains_encoder=False,
@@ -328,12 +338,24 @@ def load_data(dargs, rargs, sampling_rate, seed):
     train, evaluation = prepare(train, **prep), prepare(evaluation, **prep)
     if dargs.max_eval_samples and len(evaluation) > dargs.max_eval_samples:
         evaluation = evaluation.select(range(dargs.max_eval_samples))
-    if dargs.edge_silence_crop:  # training rows only, a fresh crop each time a row is read
-        from hubert_gpt_training.augment import EdgeSilenceCrop
+    tests = {}
+    for split in (dargs.test_splits or "").split(","):
+        if split:
+            tests[split] = evaluation if split == dargs.eval_split else prepare(source(split, False), **prep)
+    train = with_augmentation(train, dargs, seed)
+    return train, evaluation, tests
 
-        crop = EdgeSilenceCrop(dargs.edge_silence_crop, seed)
-        train = train.map(crop, batched=True) if dargs.streaming else train.with_transform(crop)
-    return train, evaluation
+
+def with_augmentation(train, dargs, seed):
+    """Training rows only, fresh draws each time a row is read: the edge-silence crop, then rooms, noise and lines."""
+    from hubert_gpt_training.augment import Chain, EdgeSilenceCrop, RoomAugment
+
+    steps = ([EdgeSilenceCrop(dargs.edge_silence_crop, seed)] if dargs.edge_silence_crop else []) + (
+        [RoomAugment(dargs.room_augment, seed, non_speech=dargs.non_speech)]
+        if dargs.room_augment or dargs.non_speech else [])
+    if not steps:
+        return train
+    return train.map(Chain(steps), batched=True) if dargs.streaming else train.with_transform(Chain(steps))
 
 
 # 5. What trains --------------------------------------------------------------------------------------------------------
@@ -537,7 +559,7 @@ def run(argv):
     work_dir = os.path.join(targs.output_dir, "work")
     # one rank builds the corpus and the dataset caches, then the rest
     with phase(seconds, "data"), targs.main_process_first(desc="data"):
-        train, evaluation = load_data(dargs, rargs, 16000, targs.seed)
+        train, evaluation, tests = load_data(dargs, rargs, 16000, targs.seed)
     if dargs.streaming:  # each rank reads its own shards of a stream (accelerate splits them), not rank 0 all
         targs.accelerator_config.dispatch_batches = False
     # Training text, for a new tokenizer or a character CTC head only: a stream is not read ahead without need.
@@ -578,14 +600,21 @@ def run(argv):
     if draft_fit is None:  # no refit ran
         del seconds["draft_head_refit"]
     with phase(seconds, "test_evaluation"):
-        metrics = trainer.evaluate(metric_key_prefix="test")
+        splits = {name: trainer.evaluate(data, metric_key_prefix=name) for name, data in tests.items()}
+        headline = next(iter(tests), None)
+        metrics = splits.pop(headline) if headline else trainer.evaluate(metric_key_prefix="test")
+        metrics = {f"test_{k[len(headline) + 1:]}" if headline else k: v for k, v in metrics.items()}
+    conditions = {name: {key: m[f"{name}_{key}"] for key in ("cer", "wer", "num_utterances", "num_emptied")}
+                  for name, m in splits.items()}
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     dataset_label = {"smoke": "tone-smoke", "recipe": "ja-synth"}.get(
         rargs.preset, dargs.dataset_name or dargs.dataset_dir or dargs.manifest)
     results = {
         "cer": metrics["test_cer"], "wer": metrics["test_wer"], "num_utterances": metrics["test_num_utterances"],
         "eval_loss": metrics.get("test_loss"), "dataset_name": dataset_label,
-        "split": "generated eval set" if rargs.preset == "smoke" else dargs.eval_split or f"held-out {len(evaluation)} of {dargs.train_split}",
+        "split": "generated eval set" if rargs.preset == "smoke" else (
+            next(iter(tests), None) or dargs.eval_split or f"held-out {len(evaluation)} of {dargs.train_split}"),
+        "num_emptied": metrics.get("test_num_emptied"), "conditions": conditions,
         "bridge_type": base.config.bridge_type, "global_step": trainer.state.global_step,
         "train_loss": train_result.training_loss, "train_runtime_s": round(train_result.metrics["train_runtime"], 1),
         "wall_s": round(time.time() - started, 1),  # the phases below, before the folder is written
@@ -609,6 +638,8 @@ def run(argv):
     destinations = [targs.output_dir] + ([rargs.export_dir] if rargs.export_dir else [])
     write_hub_folder(trainer, model, processor, results, summary, destinations, dataset_label)
     if targs.should_save:
+        for name, row in conditions.items():
+            print(f"{name}: CER {row['cer']:.4f} on {row['num_utterances']} utterances ({row['num_emptied']} emptied)")
         print(f"CER {results['cer']:.4f}  WER {results['wer']:.4f} on {results['num_utterances']} utterances; "
               f"Hub-ready folder (model, processor, card, "
               f"results.json): {os.path.abspath(targs.output_dir)}")

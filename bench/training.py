@@ -160,7 +160,7 @@ def recipe_setup(corpus_hours, corpus_dir, model_size, work_dir):
     # The recipe's edge-silence crop is left out: its crops are random per read and per worker process, so the workers
     # lever could not give the recipe's losses; its cost on the data path is left out of every lever alike.
     dargs.edge_silence_crop = 0.0
-    train, _ = train_hf.load_data(dargs, rargs, RATE, targs.seed)
+    train, _, _ = train_hf.load_data(dargs, rargs, RATE, targs.seed)
     torch.manual_seed(targs.seed)
     model, processor = train_hf.build_model(margs, train["text"], work_dir)
     vocab = None if model.ctc_head is None else model.ctc_head.vocab

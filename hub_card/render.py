@@ -181,6 +181,9 @@ def render_card(
     Raises ValueError if a result is missing or not a real number: no card without measured numbers.
     """
     _check_results(results)
+    for split, rates in _conditions(results):
+        for key in ("cer", "wer"):
+            _number(rates.get(key), f"results['conditions'][{split!r}][{key!r}]", positive=False)
     cer, wer = float(results["cer"]), float(results["wer"])
     bridge_type = results["bridge_type"]
     # The training set's Hub id describes the evaluation set only when they are the same dataset.
@@ -192,12 +195,13 @@ def render_card(
             task_name="Speech Recognition",
             dataset_type=eval_dataset_type,
             dataset_name=results["dataset_name"],
-            dataset_split=results["split"],
+            dataset_split=split,
             metric_type=metric,
             metric_name=metric.upper(),
             metric_value=value,
         )
-        for metric, value in (("cer", cer), ("wer", wer))
+        for split, rates in [(results["split"], {"cer": cer, "wer": wer}), *_conditions(results)]
+        for metric, value in (("cer", float(rates["cer"])), ("wer", float(rates["wer"])))
     ]
     card_data = ModelCardData(
         language=language,
@@ -233,6 +237,8 @@ def render_card(
         eval_split=results["split"],
         num_utterances=results["num_utterances"],
         cer_percent=f"{100 * cer:.2f}",
+        condition_rows=[(split, rates["num_utterances"], f"{100 * float(rates['cer']):.2f}",
+                         f"{100 * float(rates['wer']):.2f}") for split, rates in _conditions(results)],
         wer_percent=f"{100 * wer:.2f}",
         python_version=platform.python_version(),
         torch_version=_version("torch"),
@@ -242,3 +248,8 @@ def render_card(
     os.makedirs(out_dir, exist_ok=True)
     card.save(os.path.join(out_dir, "README.md"))
     return card
+
+
+def _conditions(results):
+    """[(split, {"cer", "wer", "num_utterances", ...})]: the further test splits a run measured (noise, rooms, ...)."""
+    return list((results.get("conditions") or {}).items())

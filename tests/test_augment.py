@@ -81,14 +81,115 @@ def test_flag_crops_training_rows_and_leaves_the_evaluation_split(tmp_path, stre
     folder = str(tmp_path / "ds")
     data = datasets.Dataset.from_dict(rows).cast_column("audio", datasets.Audio(decode=False))
     datasets.DatasetDict(train=data, test=data).save_to_disk(folder)
-    dargs = types.SimpleNamespace(
-        dataset_name=None, dataset_config=None, train_split="train", eval_split="test", data_dir=None,
-        dataset_dir=folder, manifest=None, streaming=streaming, reazonspeech_base_url=None, audio_column="audio",
-        text_column="transcription", max_seconds=16.0, max_eval_samples=None, eval_size=2, edge_silence_crop=1.0)
+    dargs = train_hf.DataArguments(dataset_dir=folder, eval_split="test", streaming=streaming, edge_silence_crop=1.0)
     rargs = types.SimpleNamespace(preset=None)
-    train, evaluation = train_hf.load_data(dargs, rargs, RATE, seed=0)
+    train, evaluation, _ = train_hf.load_data(dargs, rargs, RATE, seed=0)
     full = len(utterance()[0])
     assert [len(row["audio"]) for row in evaluation] == [full] * 4
     first, again = [len(row["audio"]) for row in train], [len(row["audio"]) for row in train]
     assert all(n < full for n in first) and first != again  # cropped, afresh each time a row is read
     assert [row["text"] for row in train] == [f"文{i}" for i in range(4)]
+
+
+# --- rooms, noise and telephone lines ----------------------------------------------------------------------------------
+from hubert_gpt_training.augment import (NOISE_KINDS, RoomAugment, mix_at_snr, noise_of, reverberate,  # noqa: E402
+                                         room_impulse_responses, telephone)
+
+
+def band_power(audio, low, high):
+    spectrum = np.abs(np.fft.rfft(audio)) ** 2
+    freqs = np.fft.rfftfreq(len(audio), 1 / RATE)
+    return spectrum[(freqs >= low) & (freqs < high)].sum() / spectrum.sum()
+
+
+def test_noise_kinds_are_unit_level_seeded_and_babble_is_made_of_the_other_utterances():
+    others = [utterance(seed=i)[0] for i in range(4)]
+    for kind in NOISE_KINDS:
+        noise = noise_of(kind, 16000, np.random.default_rng(0), others)
+        assert noise.shape == (16000,) and np.std(noise) == pytest.approx(1.0, rel=1e-3)
+        np.testing.assert_array_equal(noise, noise_of(kind, 16000, np.random.default_rng(0), others))
+    assert band_power(noise_of("pink", 16000, np.random.default_rng(0)), 0, 1000) > 0.5  # 1/f: low frequencies
+    assert band_power(noise_of("hum", 16000, np.random.default_rng(0)), 0, 400) > 0.99
+    assert band_power(noise_of("babble", 16000, np.random.default_rng(0), others), 430, 450) > 0.5  # the tones' 440 Hz
+    with pytest.raises(ValueError, match="unknown noise kind 'rain'"):
+        noise_of("rain", 100, np.random.default_rng(0))
+
+
+def test_mix_at_snr_reaches_the_snr_and_reverb_and_telephone_keep_length():
+    speech, _, _ = utterance()
+    noise = noise_of("white", len(speech), np.random.default_rng(0))
+    mixed = mix_at_snr(speech, noise, 10.0)
+    snr = 10 * np.log10(np.mean(speech.astype(np.float64) ** 2) / np.mean((mixed - speech).astype(np.float64) ** 2))
+    assert snr == pytest.approx(10.0, abs=0.01)
+    rooms = room_impulse_responses(3, seed=0)
+    assert [len(r) for r in rooms] == [len(r) for r in room_impulse_responses(3, seed=0)]
+    wet = reverberate(speech, rooms[0])
+    assert len(wet) == len(speech) and np.std(wet) == pytest.approx(np.std(speech), rel=1e-3)
+    white = noise_of("white", 16000, np.random.default_rng(1))
+    line = telephone(white)
+    assert len(line) == len(white) and band_power(white, 4000, 8000) > 0.4 and band_power(line, 4000, 8000) < 0.01
+    assert band_power(line, 0, 200) < 0.01  # the line's high-pass
+
+
+def test_room_augment_is_seeded_and_reaches_every_effect():
+    rows = {"audio": [utterance(seed=i)[0] for i in range(6)]}
+    first = RoomAugment(1.0, seed=3, rooms=4)(rows)["audio"]
+    again = RoomAugment(1.0, seed=3, rooms=4)(rows)["audio"]
+    other = RoomAugment(1.0, seed=4, rooms=4)(rows)["audio"]
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))  # same seed, same audio
+    assert not any(np.array_equal(a, b) for a, b in zip(first, other))
+    assert all(len(a) == len(r) and not np.array_equal(a, r) for a, r in zip(first, rows["audio"]))
+    off = RoomAugment(0.0, seed=3)(rows)["audio"]
+    assert all(np.array_equal(a, r) for a, r in zip(off, rows["audio"]))
+    with pytest.raises(ValueError, match=r"room_augment must be a probability in \[0, 1\], got 2"):
+        RoomAugment(2)
+
+
+def test_dataloader_workers_draw_their_own_rooms_and_noise():
+    import torch
+
+    audio, _, _ = utterance()
+    rows = datasets.Dataset.from_dict({"audio": [audio] * 8}).with_transform(RoomAugment(1.0, seed=0, rooms=4))
+    loader = torch.utils.data.DataLoader(rows, batch_size=1, num_workers=2,
+                                         collate_fn=lambda b: float(np.sum(np.abs(b[0]["audio"]))))
+    first, second = list(loader), list(loader)
+    assert first[0::2] != first[1::2] and first != second
+
+
+def test_flags_chain_the_crop_and_the_rooms_on_training_rows_only(tmp_path):
+    rows = {"audio": [], "transcription": []}
+    for i in range(4):
+        audio, _, _ = utterance(seed=i)
+        sf.write(tmp_path / f"{i}.wav", audio, RATE)
+        rows["audio"].append(str(tmp_path / f"{i}.wav"))
+        rows["transcription"].append(f"文{i}")
+    folder = str(tmp_path / "ds")
+    data = datasets.Dataset.from_dict(rows).cast_column("audio", datasets.Audio(decode=False))
+    datasets.DatasetDict(train=data, test=data, test_noisy=data).save_to_disk(folder)
+    dargs = train_hf.DataArguments(dataset_dir=folder, eval_split="test", edge_silence_crop=1.0, room_augment=1.0,
+                                   test_splits="test,test_noisy")
+    train, evaluation, tests = train_hf.load_data(dargs, types.SimpleNamespace(preset=None), RATE, seed=0)
+    full = len(utterance()[0])
+    assert list(tests) == ["test", "test_noisy"] and tests["test"] is evaluation
+    for split in (evaluation, tests["test_noisy"]):
+        assert [np.asarray(r["audio"]).tolist() for r in split] == [sf.read(p, dtype="float32")[0].tolist()
+                                                                    for p in rows["audio"]]
+    cropped = [np.asarray(r["audio"]) for r in train]
+    assert all(len(a) < full for a in cropped)  # the crop ran, then the room (same length as its input)
+
+
+def test_non_speech_rows_get_sound_without_speech_of_their_length_and_an_empty_transcript():
+    rows = {"audio": [utterance(seed=i)[0] for i in range(40)], "text": [f"文{i}" for i in range(40)]}
+    out = RoomAugment(0.0, seed=0, non_speech=0.25)(rows)
+    again = RoomAugment(0.0, seed=0, non_speech=0.25)(rows)
+    emptied = [i for i, t in enumerate(out["text"]) if t == ""]
+    assert 3 <= len(emptied) <= 20 and out["text"] == again["text"]
+    for i in range(40):
+        audio = np.asarray(out["audio"][i])
+        assert len(audio) == len(rows["audio"][i]) and np.array_equal(audio, again["audio"][i])
+        if i in emptied:  # no trace of the utterance's tone left
+            assert band_power(audio, 430, 450) < 0.5 and np.std(audio) <= 10 ** (-10 / 20) * 1.01  # <= -10 dBFS
+        else:
+            assert out["text"][i] == f"文{i}" and np.array_equal(audio, rows["audio"][i])
+    with pytest.raises(ValueError, match=r"non_speech must be a probability in \[0, 1\], got -1"):
+        RoomAugment(0.5, non_speech=-1)

@@ -1,6 +1,5 @@
-"""The embedded default: the synthetic corpus builder, a shortened recipe end to end, the transcribe CLI."""
+"""The embedded default: a shortened recipe end to end (its corpus: tests/test_corpus.py), the transcribe CLI."""
 
-import io
 import json
 import subprocess
 import sys
@@ -16,79 +15,6 @@ from modeling_hubert_gpt import HubertGptForConditionalGeneration
 
 ROOT = Path(__file__).resolve().parents[1]
 HOURS = 0.02  # about 30 utterances
-
-
-def test_corpus_is_deterministic_disjoint_16k_and_in_order(tmp_path):
-    first = corpus.build(HOURS, str(tmp_path / "a"), seed=1, workers=1)
-    again = corpus.build(HOURS, str(tmp_path / "a"), seed=1, workers=1)
-    other = corpus.build(HOURS, str(tmp_path / "b"), seed=1, workers=1)
-    assert first == again  # reused, not rebuilt
-    a, b = datasets.load_from_disk(first), datasets.load_from_disk(other)
-    for split in ("train", "dev", "test"):
-        assert a[split]["transcription"] == b[split]["transcription"]
-        assert [r["bytes"] for r in a[split]["audio"]] == [r["bytes"] for r in b[split]["audio"]]
-    assert not set(a["test"]["transcription"]) & set(a["train"]["transcription"])
-    assert all(corpus.split_of(t) == "test" for t in a["test"]["transcription"])
-    assert all(corpus.split_of(t) == "train" for t in a["train"]["transcription"])
-    # Test voices come from ranges training never uses.
-    assert all(0.97 <= s <= 1.03 for s in a["test"]["speed"])
-    assert all(s < 0.97 or s > 1.03 for s in a["train"]["speed"])
-    # 16 kHz, and each row's audio is its own text spoken with its own voice (rows are in order).
-    for split, row in [("train", r) for r in list(a["train"])[:3]] + [("test", r) for r in a["test"]]:
-        assert soundfile.info(io.BytesIO(row["audio"]["bytes"])).samplerate == 16000
-        planned = (split, row["transcription"], row["speed"], row["half_tone"])
-        assert corpus.synthesize(planned)[1] == row["audio"]["bytes"]
-
-
-def test_test_sentences_are_new_sentences_made_of_trained_words():
-    sentences = corpus.all_sentences()
-    assert len(set(sentences)) > 100_000
-    train_words = set()
-    for sentence in sentences:
-        if corpus.split_of(sentence) == "train":
-            train_words.update(w for words in corpus.WORDS.values() for w in words if w in sentence)
-    assert train_words == {w for words in corpus.WORDS.values() for w in words}
-
-
-def test_hotword_set_holds_held_out_names_of_trained_characters_spoken_like_the_test_split(tmp_path):
-    folder = corpus.build(HOURS, str(tmp_path), seed=1, workers=1)
-    hotword_folder = corpus.build_hotword_set(folder, count=4, seed=1, workers=1)
-    assert corpus.build_hotword_set(folder, count=4, seed=1, workers=1) == hotword_folder  # reused
-    train = datasets.load_from_disk(folder)["train"]["transcription"]
-    data = datasets.load_from_disk(hotword_folder)
-    info = json.loads((Path(hotword_folder) / "hotwords.json").read_text())
-    assert len(data) == 4 and len(info["distractors"]) == corpus.DISTRACTORS
-    assert not set(info["spoken"]) & set(info["distractors"])
-    chars = set("".join(train))
-    for name in info["spoken"] + info["distractors"]:  # never in the training text, written with its characters
-        assert set(name) <= chars and not any(name in t for t in train)
-    for row in data:
-        assert row["names"] and all(n in row["transcription"] and n in info["spoken"] for n in row["names"])
-        assert not any(d in row["transcription"] for d in info["distractors"])
-        assert 0.97 <= row["speed"] <= 1.03 and -0.8 <= row["half_tone"] <= 0.8  # the test split's voices
-        planned = ("hotwords", row["transcription"], row["speed"], row["half_tone"])
-        assert corpus.synthesize(planned)[1] == row["audio"]["bytes"]
-
-
-def test_name_pool_puts_surnames_in_training_sentences_only_and_keeps_the_hotword_names_held_out(tmp_path):
-    plain = corpus.build(HOURS, str(tmp_path), seed=1, workers=1)
-    named = corpus.build(HOURS, str(tmp_path), seed=1, workers=1, name_pool=50)
-    assert named != plain
-    pool = corpus.name_pool_of(50, seed=1)
-    assert len(set(pool)) == 50 and not set(pool) & set(corpus.NAME_CANDIDATES)
-    a, b = datasets.load_from_disk(plain), datasets.load_from_disk(named)
-    train = b["train"]["transcription"]
-    holding = [t for t in train if any(n in t for n in pool)]
-    assert 0.2 * len(train) < len(holding) < 0.8 * len(train)  # half, drawn per sentence
-    assert all(corpus.split_of(t) == "train" for t in train if t not in holding)
-    for split in ("dev", "test"):  # the grammar's sentences, as without the pool
-        assert b[split]["transcription"] == a[split]["transcription"]
-    row = b["train"][train.index(holding[0])]
-    assert corpus.synthesize(("train", row["transcription"], row["speed"], row["half_tone"]))[1] == row["audio"]["bytes"]
-    info = json.loads((Path(corpus.build_hotword_set(named, count=4, seed=1, workers=1)) / "hotwords.json").read_text())
-    assert not any(n in t for n in info["spoken"] + info["distractors"] for t in train)
-    with pytest.raises(ValueError, match="name_pool can be at most 920 names, got 5000"):
-        corpus.name_pool_of(5000)
 
 
 def test_shortened_recipe_learns_and_writes_a_loadable_folder(tmp_path):
@@ -115,6 +41,12 @@ def test_shortened_recipe_learns_and_writes_a_loadable_folder(tmp_path):
     for row in rows:  # the logged parts are the parts of the loss (means over the same steps)
         assert row["loss"] == pytest.approx(row["llm_loss"] + weight * row["ctc_loss"], rel=1e-3)
     assert results["dataset_name"] == "ja-synth" and results["split"] == "test" and results["bridge_type"] == "conv"
+    # each further test split of the corpus is measured, and shown in the card and its model-index
+    assert list(results["conditions"]) == ["test_noisy", "test_reverb", "test_phone", "test_katakana"]
+    card = (out / "README.md").read_text()
+    for name, row in results["conditions"].items():
+        assert row["num_utterances"] >= 1 and row["cer"] >= 0 and 0 <= row["num_emptied"] <= row["num_utterances"]
+        assert f"| ja-synth | {name} | {row['num_utterances']} | {100 * row['cer']:.2f} |" in card
     assert [row["step"] for row in results["log_history"] if "eval_cer" in row] == [20, 40]
     assert (out / "training_curves.png").stat().st_size > 10_000
     model = HubertGptForConditionalGeneration.from_pretrained(out)
@@ -201,30 +133,6 @@ def test_bf16_on_a_cpu_without_native_bf16_is_warned_about(tmp_path, monkeypatch
     train_hf.parse(["--output_dir", "out", "--use_cpu"])
     assert "--bf16" not in capsys.readouterr().err  # no bf16, no warning
     assert cpu.cpu_info(str(tmp_path / "missing")) == {}
-
-
-def test_speed_perturbation_plays_training_audio_faster_or_slower_and_leaves_other_splits():
-    import numpy as np
-    from helpers import make_audio
-
-    audio = make_audio(1.0, seed=0)
-    assert corpus.perturb_speed(audio, 1.0) is audio
-    for factor in (0.9, 1.1):
-        assert abs(len(corpus.perturb_speed(audio, factor)) - len(audio) / factor) <= 2
-    rows = [(split, text, 1.0, 0.0) for split in ("train", "test") for text in ("今日は本を読みます", "母が水を買います")]
-    factors = []
-    for row in rows:
-        plain = soundfile.read(io.BytesIO(corpus.synthesize(row)[1]))[0]
-        perturbed = soundfile.read(io.BytesIO(corpus.synthesize(row, speed_perturb=True)[1]))[0]
-        factor = len(plain) / len(perturbed)
-        if row[0] == "train":
-            assert min(abs(factor - f) for f in corpus.SPEED_FACTORS) < 0.01
-            factors.append(factor)
-        else:
-            np.testing.assert_array_equal(plain, perturbed)
-    assert any(abs(f - 1) > 0.05 for f in factors)  # these two sentences draw 1.1
-    again = [corpus.synthesize(row, speed_perturb=True)[1] for row in rows]
-    assert again == [corpus.synthesize(row, speed_perturb=True)[1] for row in rows]  # drawn from sentence and seed
 
 
 @pytest.mark.parametrize("frontend", ["log_mel", "conv"])

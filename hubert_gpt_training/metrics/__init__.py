@@ -54,7 +54,8 @@ def _error_rate_metric():
 def error_rates(references: list[str], hypotheses: list[str]) -> dict:
     """Corpus-level CER and WER of `hypotheses` against `references`, after `normalize_text`.
 
-    Returns `{"cer": float, "wer": float, "num_utterances": int, "num_empty_references": int}`.
+    Returns `{"cer": float, "wer": float, "num_utterances": int, "num_empty_references": int,
+    "num_emptied": int}`; `num_emptied` counts the empty hypotheses of non-empty references (speech lost whole).
     Rates are total edits / total reference units over the corpus, as fractions (0.084, not 8.4).
     A reference that is empty after normalisation (e.g. only punctuation) is kept and counted in
     `num_empty_references`: it adds no reference units, and any hypothesis text for it counts as
@@ -65,7 +66,6 @@ def error_rates(references: list[str], hypotheses: list[str]) -> dict:
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
     if not references:
         raise ValueError("no utterances to score")
-    return _error_rate_metric().compute(
-        references=[normalize_text(r) for r in references],
-        predictions=[normalize_text(h) for h in hypotheses],
-    )
+    references, hypotheses = [normalize_text(r) for r in references], [normalize_text(h) for h in hypotheses]
+    rates = _error_rate_metric().compute(references=references, predictions=hypotheses)
+    return {**rates, "num_emptied": sum(1 for r, h in zip(references, hypotheses) if r and not h)}
