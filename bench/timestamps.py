@@ -13,8 +13,9 @@
    split_at_pauses=True), of files of ~30 s with chunk_length_s=8, and of the long file (auto-chunked); ratios
    against the same sentences one by one as recorded and trimmed; how many test transcripts split_at_pauses=True
    and early_stop_split=False change.
-3. No-speech: 20 clips of silence, white noise, pink noise and a tone mix (1-10 s): characters written and LLM passes,
-   guards on and off. Speech: every test utterance's text with the guards on and off (identical or not).
+3. No-speech: 40 clips of silence, white and pink noise, hum, room tone and a chord (1-10 s): characters written and LLM passes,
+   guards on and off. Speech: every test utterance's text with the guards on and off (identical or not); on the
+   corpus's test_noisy / test_reverb / test_phone splits, CER and emptied utterances with the guards on and off.
 4. Cost: a batch-16 pipeline run over the test utterances with and without return_timestamps="char", interleaved
    `--rounds` times, the fastest of each (wall ratio).
 """
@@ -98,25 +99,24 @@ def cer(hyps, refs):
     return jiwer.cer(refs, hyps) if refs else 0.0
 
 
-def noises(rng, n=20):
-    """Silence, white noise, pink noise, a tone mix: n clips of 1-10 s."""
+def noises(rng, n=40):
+    """n clips of 1-10 s without speech: silence, white and pink noise, mains hum, room tone (pink at the corpus's
+    silence level) and a chord with tremolo (a tone mix no training row holds)."""
+    from hubert_gpt_training.augment import noise_of
+
     clips = []
     for i in range(n):
         length = int(rng.uniform(1, 10) * RATE)
-        kind = ("silence", "white", "pink", "tones")[i % 4]
+        kind = ("silence", "white", "pink", "tones", "hum", "room tone")[i % 6]
         if kind == "silence":
             audio = np.zeros(length)
-        elif kind == "white":
-            audio = 0.1 * rng.standard_normal(length)
-        elif kind == "pink":
-            spectrum = np.fft.rfft(rng.standard_normal(length))
-            spectrum /= np.sqrt(np.arange(1, len(spectrum) + 1))
-            audio = np.fft.irfft(spectrum, length)
-            audio *= 0.1 / (audio.std() + 1e-9)
-        else:
+        elif kind == "tones":
             t = np.arange(length) / RATE
             audio = sum(0.05 * np.sin(2 * np.pi * f * t) * (1 + np.sin(2 * np.pi * rng.uniform(0.5, 3) * t))
                         for f in rng.choice([220, 262, 330, 392, 440, 523, 659], size=3, replace=False))
+        else:
+            level = 3e-4 if kind == "room tone" else 0.1
+            audio = level * noise_of("pink" if kind == "room tone" else kind, length, rng)
         clips.append((kind, audio.astype(np.float32)))
     return clips
 
@@ -243,6 +243,17 @@ def main(argv=None):
         outs = [asr(audio, **options)["text"] for _, audio in clips]
         result[f"no_speech_{name}"] = {"clips": len(clips), "characters": sum(len(t) for t in outs),
                                        "llm_passes": passes["passes"], "nonempty": sum(bool(t) for t in outs)}
+    # speech in noise, rooms and on the telephone: the guards must never empty an utterance that holds speech
+    import datasets
+
+    for split in [name for name in ("test_noisy", "test_reverb", "test_phone") if name in datasets.load_from_disk(
+            args.dataset)]:
+        noisy, refs = load_split(args.dataset, split, args.utterances)
+        row = {"utterances": len(noisy)}
+        for name, options in (("guards_on", {}), ("guards_off", {"no_speech_threshold": None, "loop_guard": False})):
+            outs = [o["text"] for o in asr(noisy, batch_size=args.batch_size, **options)]
+            row[name] = {"cer": round(cer(outs, refs), 4), "emptied": sum(not o and bool(r) for o, r in zip(outs, refs))}
+        result[split] = row
     print(json.dumps(result, indent=1, ensure_ascii=False))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1, ensure_ascii=False))
