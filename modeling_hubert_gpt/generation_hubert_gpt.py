@@ -132,7 +132,7 @@ def resolve_generation(model, generation_config, options, kwargs):
     drafting = sorted(n for n in (*DRAFT_OPTIONS, "draft_override") if given.get(n) is not None)
     if drafting and not config.ctc_draft:
         raise TypeError(f"{drafting} are options of ctc_draft=True")
-    if given.get("tokenizer") is not None and not (config.ctc_draft or "hotwords" in given):
+    if given.get("tokenizer") is not None and not (config.ctc_draft or "hotwords" in given or config.hotwords):
         raise TypeError("tokenizer is an option of ctc_draft=True and of hotwords")
     if (config.num_beams or 1) > 1 and config.return_dict_in_generate and (not fixed or config.loop_guard):
         raise ValueError("beam search with per-utterance bounds (no max_new_tokens, or the loop guard's caps) decodes "
