@@ -108,6 +108,10 @@ class NoSpeechLogitsProcessor(LogitsProcessor):
     def __init__(self, silent, eos_token_id):
         self.silent, self.eos = torch.tensor(silent), eos_token_id
 
+    def select(self, rows):
+        """The processor of some utterances of the batch (rows: their indices)."""
+        return NoSpeechLogitsProcessor(self.silent[rows].tolist(), self.eos)
+
     def __call__(self, input_ids, scores):
         rows = self.silent.to(scores.device).repeat_interleave(scores.shape[0] // len(self.silent))
         forced = torch.full_like(scores, float("-inf"))

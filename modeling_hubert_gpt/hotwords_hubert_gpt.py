@@ -24,7 +24,7 @@ The prefix tree (`HotwordTrie`) is over the words' characters, and every vocabul
 is an edge, so every tokenization of a word the vocabulary allows is boosted ("山田" as "山田", or "山" + "田"; a
 leading space may come with a word's first token). Tokens whose text is not whole characters (byte pieces) are not
 edges. The processor reads each row's generated tokens, so it holds for batches (each row its own words), beams
-(each beam its own prefix) and the speculative verifier (`add_boost` after any prefix: the same processed logits).
+(each beam its own prefix) and the speculative verifier (the same processor, `select`ed per utterance, at every verified position).
 
 Remote code: imports numpy, torch and the public transformers API only.
 """
@@ -253,6 +253,10 @@ class HotwordLogitsProcessor(LogitsProcessor):
 
     def __init__(self, hotwords):
         self.hotwords = hotwords
+
+    def select(self, rows):
+        """The processor of some utterances of the batch (rows: their indices)."""
+        return HotwordLogitsProcessor(self.hotwords.select(rows))
 
     def __call__(self, input_ids, scores):
         per_row = input_ids.shape[0] // len(self.hotwords.rows)  # beams (or returned sequences) of one utterance

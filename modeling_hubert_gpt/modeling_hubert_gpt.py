@@ -467,31 +467,33 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
     def _decode(self, speech, hypotheses, config, fixed, llm_kwargs, guards, hotwords, silent, draft_override,
                 tokenizer):
         """generate() once the audio is encoded and its rows chosen: pack the prompt, resolve the bounds (the loop
-        guard's cap included), decode, cut unsupported repetitions. Returns (tokens or the LLM's dict output, the
-        draft statistics or None, the loop guard's cuts or None)."""
+        guard's cap included), decode with hubert-gpt's logits processors (one list for plain, beam and speculative
+        decoding: hotwords, the no-speech guard for `silent` rows kept in the batch), cut unsupported repetitions.
+        Returns (tokens or the LLM's dict output, the draft statistics or None, the loop guard's cuts or None)."""
         embeds, prompt_mask, position_ids, _ = self.pack_prompt(speech.embeds, speech.lengths, left_pad=True)
         bounds = guards.cap(resolve_bounds(self, config, fixed, speech.sample_lengths, prompt_mask.shape[1]))
-        hotwords = hotwords if hotwords is not None and hotwords.any else None
+        processors = LogitsProcessorList()  # each with .select(rows): the processor of some rows of the batch
+        if hotwords is not None and hotwords.any:
+            processors.append(hotwords.processor())
+        if silent is not None and any(silent):
+            processors.append(NoSpeechLogitsProcessor(silent, (bounds.eos_ids or [bounds.pad_id])[0]))
         stats = None
         if config.ctc_draft:
             from .speculative_hubert_gpt import ctc_draft_generate  # a relative import: the file is saved alongside
 
             out, stats = ctc_draft_generate(self, speech, hypotheses, embeds, prompt_mask, position_ids, config, bounds,
-                                            llm_kwargs.get("streamer"), draft_override, tokenizer, hotwords)
+                                            llm_kwargs.get("streamer"), draft_override, tokenizer, processors)
         else:
-            out = self._generate_tokens(embeds, prompt_mask, position_ids, config, bounds, llm_kwargs, hotwords, silent)
+            out = self._generate_tokens(embeds, prompt_mask, position_ids, config, bounds, llm_kwargs, processors)
         cuts = guards.cut_repeats(out if isinstance(out, torch.Tensor) else out.sequences, bounds)
         return out, stats, cuts
 
-    def _generate_tokens(self, embeds, prompt_mask, position_ids, config, bounds, kwargs, hotwords=None, silent=None):
-        """language_model.generate after the packed prompt, with hubert-gpt's logits processors and stopping criteria
-        after the caller's: hotwords, the no-speech guard (`silent`: B bools, or None), the per-utterance bound."""
+    def _generate_tokens(self, embeds, prompt_mask, position_ids, config, bounds, kwargs, processors):
+        """language_model.generate after the packed prompt, hubert-gpt's logits processors (`processors`) and its
+        per-utterance bound (a stopping criterion) after the caller's."""
         kwargs = dict(kwargs)
         if bounds.per_utterance and config.num_beams > 1 and len(set(bounds.max_new)) > 1:
-            return self._generate_in_bound_groups(embeds, prompt_mask, position_ids, config, bounds, kwargs, hotwords)
-        processors = [] if hotwords is None else [hotwords.processor()]
-        if silent is not None and any(silent):
-            processors.append(NoSpeechLogitsProcessor(silent, (bounds.eos_ids or [bounds.pad_id])[0]))
+            return self._generate_in_bound_groups(embeds, prompt_mask, position_ids, config, bounds, kwargs, processors)
         kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), *processors])
         if bounds.per_utterance:
             config.max_length = None
@@ -508,7 +510,7 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         return self.language_model.generate(inputs_embeds=embeds, attention_mask=prompt_mask, position_ids=position_ids,
                                             generation_config=llm_generation_config(config), **kwargs)
 
-    def _generate_in_bound_groups(self, embeds, prompt_mask, position_ids, config, bounds, kwargs, hotwords=None):
+    def _generate_in_bound_groups(self, embeds, prompt_mask, position_ids, config, bounds, kwargs, processors):
         """Beam search with per-utterance bounds: rows that share a bound are decoded together with exactly that
         max_new_tokens (a beam cannot stop at a bound of its own), so each row gets the tokens it gets alone."""
         rows_by_bound = {}
@@ -520,10 +522,8 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
             keep = int(prompt_mask[index].sum(-1).max())  # drop the left padding no row of this group needs
             group_config = llm_generation_config(config)
             group_config.max_length, group_config.max_new_tokens = None, bound
-            group_kwargs = kwargs
-            if hotwords is not None:
-                group_kwargs = {**kwargs, "logits_processor": LogitsProcessorList(
-                    [*(kwargs.get("logits_processor") or []), hotwords.select(rows).processor()])}
+            group_kwargs = {**kwargs, "logits_processor": LogitsProcessorList(
+                [*(kwargs.get("logits_processor") or []), *(processor.select(rows) for processor in processors)])}
             tokens = self.language_model.generate(
                 inputs_embeds=embeds[index, -keep:], attention_mask=prompt_mask[index, -keep:],
                 position_ids=position_ids[index, -keep:], generation_config=group_config, **group_kwargs)

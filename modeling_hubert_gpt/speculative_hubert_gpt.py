@@ -14,7 +14,7 @@ In every pass the LLM's greedy token at each draft position is compared with the
 is kept, plus the LLM's own token after it (so each pass yields at least one token, as a plain greedy step does).
 Every kept token IS the LLM's argmax given exactly the tokens before it, so the output equals plain greedy decoding
 (`model.generate(...)` with the same settings), token for token: lossless. The draft only decides how many tokens
-one pass may confirm. Stopping is plain greedy's, resolved for both by `generation_hubert_gpt.resolve_generation`
+one pass may confirm. Stopping is plain greedy's, resolved for both by `generation_hubert_gpt.resolve_bounds`
 (its `Bounds`): eos (one id or a list), the per-utterance bound `model.max_new_tokens_for(sample_lengths)` (from
 `model.generation_config.max_new_tokens_per_second` / `max_new_tokens_base`) unless `max_new_tokens` / `max_length`
 is given, `min_new_tokens` / `min_length` (eos is masked at those positions, as MinNewTokensLengthLogitsProcessor
@@ -161,9 +161,9 @@ class _Rows:
     as plain generate resolves it: eos, each row's max_new, eos barred before min_new, pad_id after the end."""
 
     def __init__(self, language_model, inputs_embeds, attention_mask, position_ids, drafts, bounds, window, ngram,
-                 hotwords=None):
+                 logits_processor=None):
         self.lm, self.bounds, self.device = language_model, bounds, inputs_embeds.device
-        self.hotwords = hotwords  # hotwords_hubert_gpt.Hotwords or None
+        self.processors = list(logits_processor or [])  # row-selectable processors (`.select(rows)`) of the call
         self.max_new = [int(x) for x in bounds.max_new]
         self.eos = set(bounds.eos_ids)
         self.prompt_len = inputs_embeds.shape[1]
@@ -273,15 +273,20 @@ def _bar_early_eos(rows, logits, first):
     return logits.masked_fill(too_early, float("-inf"))
 
 
-def _boost_hotwords(rows, step, logits, first):
-    """Each verified position's logits as the hotword processor makes them in plain decoding: the boost for the
-    tokens decided before it (the row's output, then the proposal up to there). logits (B_active, K, V)."""
-    if rows.hotwords is None:
+def _process(rows, step, logits, first):
+    """Each verified position's logits as the call's logits processors make them in plain decoding, given the tokens
+    decided before it (the row's output, then the proposal up to there). logits (B_active, K, V)."""
+    if not rows.processors:
         return logits
-    logits = logits.float()
+    logits = logits.float()  # as generate() hands scores to its processors
     for b, (r, proposal) in enumerate(zip(rows.active, step.proposals)):
+        processors = [processor.select([r]) for processor in rows.processors]  # this utterance's alone
         for j in range(min(len(proposal) + 1, logits.shape[1] - first[b])):
-            rows.hotwords.add_boost(logits[b, first[b] + j], r, rows.outputs[r] + proposal[:j])
+            prefix = torch.tensor([rows.outputs[r] + proposal[:j]], dtype=torch.long)  # (1, n) tokens before it
+            scores = logits[b, first[b] + j][None]  # (1, V)
+            for processor in processors:
+                scores = processor(prefix.to(scores.device), scores)
+            logits[b, first[b] + j] = scores[0]
     return logits
 
 
@@ -298,7 +303,7 @@ def verify(rows, step):
     logits = logits[:, -keep:]  # (B_active, keep, V); logits index i <-> input index total_in - keep + i
     rows.stats["llm_forward_passes"] += 1
     first = [s - (total_in - keep) for s in starts]
-    logits = _boost_hotwords(rows, step, _bar_early_eos(rows, logits, first), first)
+    logits = _process(rows, step, _bar_early_eos(rows, logits, first), first)
     span = max(len(q) for q in step.proposals) + 1
     index = (torch.tensor(first)[:, None] + torch.arange(span)).clamp(max=keep - 1).to(rows.device)
     return logits.argmax(-1).gather(1, index).tolist()
@@ -357,15 +362,17 @@ def crop(rows, step):
 
 @torch.no_grad()
 def speculative_greedy_decode(language_model, inputs_embeds, attention_mask, position_ids, drafts, bounds,
-                              window=DEFAULT_WINDOW, ngram=True, streamer=None, hotwords=None):
+                              window=DEFAULT_WINDOW, ngram=True, streamer=None, logits_processor=None):
     """Greedy decoding of `language_model` after a left-padded embedded prompt, verifying `drafts`.
 
     inputs_embeds (B, L, D), attention_mask (B, L) (0 on the left padding), position_ids (B, L); drafts: B token
-    lists; bounds: `generation_hubert_gpt.Bounds` (max_new per row, min_new, eos_ids, pad_id); hotwords:
-    `hotwords_hubert_gpt.Hotwords` (or None), whose boost every verified position gets, as in plain decoding.
+    lists; bounds: `generation_hubert_gpt.Bounds` (max_new per row, min_new, eos_ids, pad_id); logits_processor: the
+    call's hubert-gpt processors (hotwords, ...; each with `select(rows)`), applied at every verified position as in
+    plain decoding.
     Returns (tokens (B, N) long padded with bounds.pad_id after each row's end, stats dict; see the module doc).
     """
-    rows = _Rows(language_model, inputs_embeds, attention_mask, position_ids, drafts, bounds, window, ngram, hotwords)
+    rows = _Rows(language_model, inputs_embeds, attention_mask, position_ids, drafts, bounds, window, ngram,
+                 logits_processor)
     if streamer is not None:
         streamer.put(torch.empty((1, 0), dtype=torch.long))  # the (empty) prompt, as generate() does
     while rows.active:
@@ -381,7 +388,7 @@ def speculative_greedy_decode(language_model, inputs_embeds, attention_mask, pos
 
 # --- model.generate(..., ctc_draft=True) -----------------------------------------------------------------------------
 def ctc_draft_generate(model, speech, hypotheses, embeds, prompt_mask, position_ids, config, bounds, streamer=None,
-                       draft_override=None, tokenizer=None, hotwords=None):
+                       draft_override=None, tokenizer=None, logits_processor=None):
     """`model.generate(input_values, attention_mask, ctc_draft=True, ...)`: same tokens as plain greedy generate.
 
     speech: the model's SpeechPrompt; hypotheses: the CTC head's greedy labels per row (None when drafts are given);
@@ -389,8 +396,9 @@ def ctc_draft_generate(model, speech, hypotheses, embeds, prompt_mask, position_
     there: greedy settings only); config.ctc_draft_window: most draft tokens verified per row and pass;
     config.ctc_draft_ngram: prompt-lookup drafting once the CTC draft is used up. draft_override: B token lists (or a
     callable SpeechPrompt -> lists) used instead of the CTC hypothesis (tests, experiments). tokenizer: the LLM's
-    tokenizer, for a CTC head that spells characters. hotwords: the call's `hotwords_hubert_gpt.Hotwords` (or None):
-    verification uses the boosted logits, so the output equals biased greedy decoding. Returns (tokens, stats).
+    tokenizer, for a CTC head that spells characters. logits_processor: the call's hubert-gpt logits processors, the
+    list plain and beam decoding get too (hotwords): verification uses the processed logits, so the output equals
+    greedy decoding with them. Returns (tokens, stats).
     """
     if model.ctc_head is None and (draft_override is None or callable(draft_override)):
         raise ValueError(
@@ -412,4 +420,4 @@ def ctc_draft_generate(model, speech, hypotheses, embeds, prompt_mask, position_
         raise ValueError(f"draft_override has {len(drafts)} drafts for {batch} utterances")
     return speculative_greedy_decode(model.language_model, embeds, prompt_mask, position_ids, drafts, bounds,
                                      window=config.ctc_draft_window, ngram=config.ctc_draft_ngram, streamer=streamer,
-                                     hotwords=hotwords)
+                                     logits_processor=logits_processor)
