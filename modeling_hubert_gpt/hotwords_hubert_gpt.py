@@ -24,7 +24,8 @@ The prefix tree (`HotwordTrie`) is over the words' characters, and every vocabul
 is an edge, so every tokenization of a word the vocabulary allows is boosted ("山田" as "山田", or "山" + "田"; a
 leading space may come with a word's first token). Tokens whose text is not whole characters (byte pieces) are not
 edges. The processor reads each row's generated tokens, so it holds for batches (each row its own words), beams
-(each beam its own prefix) and the speculative verifier (the same processor, `select`ed per utterance, at every verified position).
+(each beam its own prefix) and the speculative verifier (the same processor, `select`ed per utterance, at every
+verified position).
 
 Remote code: imports numpy, torch and the public transformers API only.
 """
@@ -297,7 +298,7 @@ def resolve_hotwords(model, hotwords, boost, threshold, batch, tokenizer):
                          "tokenizer=processor.tokenizer) (the pipeline passes its own)")
     if model.ctc_head is None:
         warnings.warn("this model has no CTC head, so hotwords are boosted everywhere (plain shallow fusion): they may "
-                      "appear in transcripts where they were not said", UserWarning, stacklevel=4)
+                      "appear in transcripts where they were not said", UserWarning, stacklevel=3)
     return words, float(boost), threshold
 
 

@@ -73,6 +73,12 @@ class HubertGptOutput(ModelOutput):
     speech_lengths: torch.LongTensor | None = None
 
 
+def _in_places(values, rows, batch, fill):
+    """Values of the batch rows `rows` -> a list over the whole batch, `fill` for the other rows."""
+    place = {row: k for k, row in enumerate(rows)}
+    return [values[place[b]] if b in place else fill for b in range(batch)]
+
+
 class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
     config_class = HubertGptConfig
     base_model_prefix = "language_model"  # the body the speech prompt runs through (`model.base_model`)
@@ -451,14 +457,12 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
                     draft_override = [draft_override[b] for b in rows]
             out, stats, cuts = self._decode(speech, hypotheses, config, fixed, llm_kwargs, guards, boosts,
                                             None if drop else silent, draft_override, tokenizer)
-        if drop:
+        if drop:  # the silent rows back in their places: eos, nothing cut, nothing drafted
             bounds = resolve_bounds(self, config, fixed, speech.sample_lengths, 0)
-            tokens = out if out is None or isinstance(out, torch.Tensor) else out.sequences
-            out = fill_silent_rows(tokens, rows, batch, bounds, self.device)
-            cuts = None if cuts is None else [cuts[rows.index(b)] if b in rows else None for b in range(batch)]
+            out = fill_silent_rows(out, rows, batch, bounds, speech.embeds.device)
+            cuts = None if cuts is None else _in_places(cuts, rows, batch, None)
             if stats is not None:
-                stats = {k: [v[rows.index(b)] if b in rows else 0 for b in range(batch)] if isinstance(v, list) else v
-                         for k, v in stats.items()}
+                stats = {k: _in_places(v, rows, batch, 0) if isinstance(v, list) else v for k, v in stats.items()}
         if not config.return_dict_in_generate:
             return out
         fields = dict(out) if not isinstance(out, torch.Tensor) else {"sequences": out}

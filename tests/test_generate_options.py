@@ -18,7 +18,6 @@ from test_model import padded_batch
 from hubert_gpt_training.tiny import tiny_config
 from modeling_hubert_gpt import HubertGptForConditionalGeneration
 from modeling_hubert_gpt.generation_hubert_gpt import OPTIONS, HubertGptGenerateOutput
-from modeling_hubert_gpt.guards_hubert_gpt import LOOP_BASE, LOOP_RATIO
 
 WORDS = ["東京で", "先生は"]
 PER_CALL = ("hotwords", "draft_override", "tokenizer", "speech_prompt")
