@@ -267,6 +267,11 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         speech (B, T', Dt), speech_lengths (B,), text_ids (B, N) with -100 padding or None.
         Returns inputs_embeds (B, L, Dt), attention_mask (B, L), position_ids (B, L), labels (B, L) or None
         (labels are -100 everywhere but on the transcript tokens).
+
+        The speech enters with `masked_scatter` at placeholder positions, as Voxtral and Granite place audio at their
+        audio tokens (and vLLM does). The placeholder is pad_token_id, not an audio token of its own: nue-asr's
+        vocabulary has none, adding one would change the released checkpoint's embeddings, and the LLM is given these
+        embeddings, never the placeholder ids.
         """
         batch = speech.shape[0]
         device = speech.device

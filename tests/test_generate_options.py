@@ -178,3 +178,36 @@ def test_a_saved_generation_config_with_its_own_guard_and_hotword_values_is_hono
     assert got["active"] == [{w: list(v) for w, v in a.items()} for a in expected.hotwords_active]
     texts = tiny_processor.batch_decode(expected.sequences, skip_special_tokens=True)
     assert got["pipeline"] == texts and "" in texts
+
+
+# --- transformers' conventions for the dict output -----------------------------------------------------------------
+def test_the_first_step_covers_the_whole_prompt_speech_included_as_forward_does():
+    model = build(bridge_type="ctc")
+    model.set_attn_implementation("eager")  # attention weights
+    values, _ = padded_batch([16000])
+    out = model.generate(values, max_new_tokens=3, loop_guard=False, return_dict_in_generate=True,
+                         output_hidden_states=True, output_attentions=True)
+    forward = model(values, output_hidden_states=True, output_attentions=True)  # the same prompt: [bos] speech [sep]
+    prompt = forward.logits.shape[1]
+    assert prompt == int(model.encode_speech(values).lengths[0]) + 2
+    assert [h.shape[1] for h in out.hidden_states[0]] == [prompt] * len(forward.hidden_states)
+    assert [a.shape[-2:] for a in out.attentions[0]] == [(prompt, prompt)] * len(forward.attentions)
+    assert [h.shape[1] for h in out.hidden_states[1]] == [1] * len(forward.hidden_states)  # then one position a step
+    for generated, forwarded in zip(out.hidden_states[0], forward.hidden_states):
+        torch.testing.assert_close(generated, forwarded, rtol=0, atol=0)
+    for generated, forwarded in zip(out.attentions[0], forward.attentions):
+        torch.testing.assert_close(generated, forwarded, rtol=0, atol=0)
+
+
+def test_the_returned_cache_continues_the_decoding():
+    model = build(bridge_type="ctc")
+    values, mask = padded_batch()
+    out = model.generate(values, mask, max_new_tokens=3, loop_guard=False, return_dict_in_generate=True)
+    longer = model.generate(values, mask, max_new_tokens=4, loop_guard=False)
+    speech = model.encode_speech(values, mask)
+    _, prompt_mask, positions, _ = model.pack_prompt(speech.embeds, speech.lengths, left_pad=True)
+    assert out.cache.get_seq_length() == prompt_mask.shape[1] + 2  # the prompt and every token but the last
+    step = model.language_model(input_ids=out.sequences[:, -1:], cache=out.cache, use_cache=True,
+                                attention_mask=torch.cat([prompt_mask, torch.ones_like(out.sequences)], 1),
+                                position_ids=positions[:, -1:] + out.sequences.shape[1])
+    assert step.logits[:, -1].argmax(-1).tolist() == longer[:, 3].tolist()
