@@ -64,12 +64,6 @@ class Guards:
             return None
         return [mass < self.no_speech_threshold for mass in self.speech_mass]
 
-    def speaking_rows(self):
-        """Indices of the rows the LLM decodes (all of them without the no-speech guard)."""
-        if self.no_speech_threshold is None:
-            return list(range(len(self.speech_mass or [])))
-        return [b for b, mass in enumerate(self.speech_mass) if mass >= self.no_speech_threshold]
-
     def select(self, rows):
         return Guards(self.no_speech_threshold, self.loop_guard,
                       [self.speech_mass[b] for b in rows], [self.hypothesis_lengths[b] for b in rows])
