@@ -144,8 +144,8 @@ def resolve_generation(model, generation_config, options, kwargs):
 
 
 def _check_ctc_draft(model, config, llm_kwargs):
-    bad = {k: getattr(config, k) for k, ok in GREEDY_ONLY.items()
-           if getattr(with_llm_defaults(model, config), k, None) not in ok}
+    settings = with_llm_defaults(model, config)
+    bad = {k: getattr(settings, k, None) for k, ok in GREEDY_ONLY.items() if getattr(settings, k, None) not in ok}
     if bad:
         raise ValueError(
             f"ctc_draft=True is lossless speculative GREEDY decoding; these settings are not supported with it: {bad}. "
