@@ -211,3 +211,20 @@ def test_the_returned_cache_continues_the_decoding():
                                 attention_mask=torch.cat([prompt_mask, torch.ones_like(out.sequences)], 1),
                                 position_ids=positions[:, -1:] + out.sequences.shape[1])
     assert step.logits[:, -1].argmax(-1).tolist() == longer[:, 3].tolist()
+
+
+def test_the_pipeline_follows_a_config_that_turns_ctc_draft_on(tiny_tokenizer, tiny_feature_extractor):
+    """A character head drafts through the tokenizer: the pipeline hands over its own when the config asks for drafts."""
+    from modeling_hubert_gpt import HubertGptASRPipeline
+
+    torch.manual_seed(0)
+    model = HubertGptForConditionalGeneration(
+        tiny_config("conv", tokenizer=tiny_tokenizer, ctc_head_config={"vocab": sorted(set("今日は明日学校で本を読みます"))})).eval()
+    asr = HubertGptASRPipeline(model=model, tokenizer=tiny_tokenizer, feature_extractor=tiny_feature_extractor)
+    audios = [make_audio(s, seed=i) for i, s in enumerate([1.0, 0.5, 0.7])]
+    plain = asr(audios, batch_size=3)
+    outputs, generate = [], model.generate
+    model.generate = lambda *args, **kwargs: outputs.append(generate(*args, return_dict_in_generate=True, **kwargs)) or outputs[-1]
+    model.generation_config.ctc_draft = True
+    assert asr(audios, batch_size=3) == plain
+    assert outputs[-1].draft_stats["llm_forward_passes"] >= 1
