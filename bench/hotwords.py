@@ -56,11 +56,10 @@ def gate_log(model):
     seen, generate = [], model.generate
 
     def logged(*args, **kwargs):
-        out = generate(*args, **kwargs)
-        hotwords = getattr(model, "last_hotwords", None)
-        if hotwords is not None and hotwords.scores is not None:
-            for scores, row in zip(hotwords.scores, hotwords.rows):
-                seen.append((set(scores), set(row.trie.words) if row is not None else set()))
+        out = generate(*args, **{**kwargs, "return_dict_in_generate": True})  # the pipeline reads .sequences
+        if out.hotword_scores is not None:
+            for scores, active in zip(out.hotword_scores, out.hotwords_active):
+                seen.append((set(scores), set(active)))
         return out
 
     model.generate = logged

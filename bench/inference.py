@@ -222,15 +222,18 @@ def run_generate(model, audios, batch, device, per_call=dict, **kwargs):
     made afresh for each generate call (a new cache)."""
     pad_id = model.generation_config.pad_token_id
     rows, spec = [], {"passes": 0, "plain_passes": 0, "tokens": 0, "accepted": 0, "proposed": 0}
+    draft = bool(kwargs.get("ctc_draft"))  # then generate's dict output carries the statistics
     for s in range(0, len(audios), batch):
         chunk = audios[s : s + batch]
         if batch == 1:
-            out = model.generate(torch.from_numpy(chunk[0])[None].to(device), **kwargs, **per_call())
+            out = model.generate(torch.from_numpy(chunk[0])[None].to(device), return_dict_in_generate=draft, **kwargs,
+                                 **per_call())
         else:
-            out = model.generate(*pad(chunk, device), **kwargs, **per_call())
+            out = model.generate(*pad(chunk, device), return_dict_in_generate=draft, **kwargs, **per_call())
+        stats = out.draft_stats if draft else None  # None too when the no-speech guard left no row to decode
+        out = out.sequences if draft else out
         rows += [strip_row(r, pad_id) for r in out.tolist()]
-        if kwargs.get("ctc_draft"):
-            stats = model.last_generate_stats
+        if stats is not None:
             spec["passes"] += stats["llm_forward_passes"]
             spec["plain_passes"] += max(stats["row_tokens"])  # plain greedy: one pass per step of the longest row
             spec["tokens"] += stats["new_tokens"]
@@ -326,10 +329,10 @@ def paper_scale(device, dtype=torch.bfloat16, config=None, seconds=5.0, new_toke
         if batch == 1:
             # verifying a right draft: one pass for what plain greedy does in `new_tokens` passes
             draft = [tokens[0, :-1].tolist()]
-            _, spec_wall, _ = measure(lambda: model.generate(values, mask, ctc_draft=True, draft_override=draft,
-                                                             **force), device)
+            spec_out, spec_wall, _ = measure(lambda: model.generate(values, mask, ctc_draft=True, draft_override=draft,
+                                                                    return_dict_in_generate=True, **force), device)
             result["b1_spec_oracle_speedup"] = full / spec_wall
-            result["b1_spec_oracle_passes"] = model.last_generate_stats["llm_forward_passes"]
+            result["b1_spec_oracle_passes"] = spec_out.draft_stats["llm_forward_passes"]
         log(f"  paper-scale b{batch}: {1000 * per_token:.2f} ms/token, bound {result['bound_ms_per_token']:.2f} ms")
     del model
     if device.type == "cuda":
@@ -476,8 +479,10 @@ def main(argv=None):
             def run():
                 out, spec = [], {"passes": 0, "plain_passes": 0, "accepted": 0}
                 for audio, draft in zip(inputs, drafts):
-                    row = model.generate(torch.from_numpy(audio)[None].to(device), ctc_draft=True, draft_override=[draft])
-                    stats = model.last_generate_stats
+                    generated = model.generate(torch.from_numpy(audio)[None].to(device), ctc_draft=True,
+                                               draft_override=[draft], return_dict_in_generate=True)
+                    row, stats = generated.sequences, generated.draft_stats or {
+                        "llm_forward_passes": 0, "new_tokens": 0, "accepted_tokens": {}}  # None: taken for silence
                     spec["passes"] += stats["llm_forward_passes"]
                     spec["plain_passes"] += stats["new_tokens"]
                     spec["accepted"] += sum(stats["accepted_tokens"].values())

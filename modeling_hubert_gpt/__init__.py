@@ -6,6 +6,7 @@ from .audio_encoder_hubert_gpt import HubertGptAudioEncoder
 from .bridges_hubert_gpt import BridgeOutput, HubertGptBridge, conv_output_lengths, register_bridge
 from .configuration_hubert_gpt import HubertGptConfig
 from .ctc_head_hubert_gpt import HubertGptCtcHead
+from .generation_hubert_gpt import HubertGptGenerateOutput
 from .modeling_hubert_gpt import HubertGptForConditionalGeneration
 from .pipeline_hubert_gpt import HubertGptASRPipeline, load_audio
 from .processing_hubert_gpt import HubertGptProcessor
@@ -24,6 +25,7 @@ __all__ = [
     "HubertGptConfig",
     "HubertGptCtcHead",
     "HubertGptForConditionalGeneration",
+    "HubertGptGenerateOutput",
     "HubertGptProcessor",
     "conv_output_lengths",
     "load_audio",

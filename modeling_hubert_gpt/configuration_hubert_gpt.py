@@ -54,7 +54,8 @@ class HubertGptConfig(PretrainedConfig):
     r"""
     Configuration of [`HubertGptForConditionalGeneration`]: the architecture only. Training settings (CTC loss weight,
     whether the CTC loss trains the encoder) are arguments of `forward` / the trainer; decoding settings (nue-asr's
-    per-utterance new-token bound) live in `model.generation_config`; the CPU encoder's length grouping is
+    per-utterance new-token bound, the CTC head's guards, hotwords, ctc_draft: generate's options) live in
+    `model.generation_config`; the CPU encoder's length grouping is
     `model.audio_tower.max_padding`.
 
     Args:

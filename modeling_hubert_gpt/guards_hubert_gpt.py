@@ -3,10 +3,12 @@
 An LLM writes fluent text for silence and noise, and can repeat a phrase until its length bound. The CTC head hears
 the same audio frame by frame and has no language model to please, so for models with one (`model.ctc_head`):
 
-- No-speech guard (`no_speech_threshold`, a float; DEFAULT_NO_SPEECH_THRESHOLD unless the generation config or the
-  call says otherwise; None turns it off): an utterance whose CTC non-blank mass (the sum over its frames of
-  1 - P(blank), i.e. how many labels the head expects to hear) is below the threshold is taken as silence: its
-  transcript is empty (eos, then padding) and the LLM does not run for it; in a batch the other rows go on.
+- No-speech guard (`no_speech_threshold`, a float; 1.0 unless the generation config or the call says otherwise;
+  None turns it off): an utterance whose CTC non-blank mass (the sum over its frames of 1 - P(blank), i.e. how many
+  labels the head expects to hear) is below the threshold is taken as silence: its transcript is empty (eos, then
+  padding). When generate returns tokens only, the LLM does not run for it (the other rows of a batch go on); with
+  transformers' dict outputs (scores, hidden states, ...) the row stays in the batch and `NoSpeechLogitsProcessor`
+  makes its first token eos, so every row has its outputs. Either way the same tokens.
 - Loop guard (`loop_guard`, True unless the generation config or the call says False): an utterance stops after
   int(LOOP_RATIO * n + LOOP_BASE) new tokens, n the length of the CTC head's greedy hypothesis (characters or
   tokens; an LLM token spells at least one character, so this leaves room for everything the head heard), on top
@@ -17,19 +19,19 @@ Models without a CTC head have neither (asking for them is an error). Both hold 
 evidence), with beams and with ctc_draft=True. On ordinary speech neither changes a transcript (bench/timestamps.py
 checks it on the embedded default's whole test split).
 
-Remote code: imports torch only.
+The options' defaults and checks: generation_hubert_gpt.OPTIONS. What the guards decided per row comes back in
+generate's dict output (`speech_mass`, `no_speech`, `ctc_lengths`, `loop_cuts`).
+
+Remote code: imports torch and the public transformers API only.
 """
 
 from dataclasses import dataclass
 
 import torch
+from transformers import LogitsProcessor
 
-from .ctc_head_hubert_gpt import require_ctc_head
-
-DEFAULT_NO_SPEECH_THRESHOLD = 1.0  # expected CTC labels: below one character, nothing was said
 LOOP_RATIO, LOOP_BASE = 1.5, 8
 MIN_REPEATS, MAX_REPEAT_UNIT = 3, 8
-_UNSET = object()
 
 
 @dataclass
@@ -45,21 +47,22 @@ class Guards:
     def needs_ctc_head(self):
         return self.no_speech_threshold is not None or self.loop_guard
 
-    def read(self, ctc_head, ctc_logits, frame_lengths):
-        """Collect the evidence from the CTC head's logits (B, T, C) over frame_lengths (B,)."""
+    def read(self, ctc_head, log_probs, frame_lengths, hypotheses):
+        """Collect the evidence from the CTC head's log-posteriors (B, T, C) over frame_lengths (B,) and its greedy
+        hypotheses (B label lists)."""
         if not self.needs_ctc_head:
             return self
-        blank = ctc_logits.float().log_softmax(-1)[..., ctc_head.blank_id].exp()  # (B, T)
+        blank = log_probs[..., ctc_head.blank_id].exp()  # (B, T)
         real = torch.arange(blank.shape[1], device=blank.device) < frame_lengths.to(blank.device)[:, None]
         self.speech_mass = ((1 - blank) * real).sum(-1).tolist()
-        self.hypothesis_lengths = [len(h) for h in ctc_head.greedy_labels(ctc_logits, frame_lengths)]
+        self.hypothesis_lengths = [len(h) for h in hypotheses]
         return self
 
-    def speaking_rows(self):
-        """Indices of the rows the LLM decodes (all of them without the no-speech guard)."""
-        if self.no_speech_threshold is None:
-            return list(range(len(self.speech_mass or [])))
-        return [b for b, mass in enumerate(self.speech_mass) if mass >= self.no_speech_threshold]
+    def silent(self):
+        """Per row whether the no-speech guard takes it for silence (None without the guard)."""
+        if self.no_speech_threshold is None or self.speech_mass is None:
+            return None
+        return [mass < self.no_speech_threshold for mass in self.speech_mass]
 
     def select(self, rows):
         return Guards(self.no_speech_threshold, self.loop_guard,
@@ -74,20 +77,40 @@ class Guards:
         return bounds
 
     def cut_repeats(self, tokens, bounds):
-        """tokens (B, N) -> the same with each unsupported repetition cut (eos after the run's first copy)."""
-        if not self.loop_guard or not isinstance(tokens, torch.Tensor):
-            return tokens
+        """Cut in place each unsupported repetition of tokens (B x returned sequences, N) (eos after the run's first
+        copy). Returns per row the index of that eos or None (None without the loop guard)."""
+        if not self.loop_guard:
+            return None
         ends = set(bounds.eos_ids) | {bounds.pad_id}
+        per_row = tokens.shape[0] // len(self.hypothesis_lengths)  # sequences returned per utterance
+        cuts = []
         for b, row in enumerate(tokens.tolist()):
             length = next((i for i, t in enumerate(row) if t in ends), len(row))
-            if length <= self.hypothesis_lengths[b]:
-                continue
-            cut = repeat_cut(row[:length])
+            cut = repeat_cut(row[:length]) if length > self.hypothesis_lengths[b // per_row] else None
             if cut is not None:
                 tokens[b, cut:] = bounds.pad_id
                 if bounds.eos_ids:
                     tokens[b, cut] = bounds.eos_ids[0]
-        return tokens
+            cuts.append(cut)
+        return cuts
+
+
+class NoSpeechLogitsProcessor(LogitsProcessor):
+    """Makes eos the only choice for the rows the no-speech guard took for silence (`silent`: B bools), so they end
+    at once while staying in the batch. input_ids (B x beams, n), scores (B x beams, V)."""
+
+    def __init__(self, silent, eos_token_id):
+        self.silent, self.eos = torch.tensor(silent), eos_token_id
+
+    def select(self, rows):
+        """The processor of some utterances of the batch (rows: their indices)."""
+        return NoSpeechLogitsProcessor(self.silent[rows].tolist(), self.eos)
+
+    def __call__(self, input_ids, scores):
+        rows = self.silent.to(scores.device).repeat_interleave(scores.shape[0] // len(self.silent))
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, self.eos] = 0.0
+        return torch.where(rows[:, None], forced, scores)
 
 
 def repeat_cut(tokens):
@@ -101,28 +124,6 @@ def repeat_cut(tokens):
             if all(tokens[start + k * unit : start + (k + 1) * unit] == piece for k in range(1, MIN_REPEATS)):
                 return start + unit
     return None
-
-
-def resolve_guards(model, kwargs):
-    """Pop `no_speech_threshold` / `loop_guard` from generate()'s keywords: this call's Guards."""
-    threshold = kwargs.pop("no_speech_threshold", _UNSET)
-    loop = kwargs.pop("loop_guard", _UNSET)
-    if model.ctc_head is None:
-        asked = [name for name, value in (("no_speech_threshold", threshold), ("loop_guard", loop))
-                 if value not in (_UNSET, None, False)]
-        if asked:
-            require_ctc_head(model, f"{asked} read")
-        return Guards(None, False)
-    config = model.generation_config
-    if threshold is _UNSET:
-        threshold = getattr(config, "no_speech_threshold", DEFAULT_NO_SPEECH_THRESHOLD)
-    if loop is _UNSET:
-        loop = getattr(config, "loop_guard", True)
-    if threshold is not None and not (isinstance(threshold, (int, float)) and threshold >= 0):
-        raise ValueError(f"no_speech_threshold must be None (off) or a number >= 0, got {threshold!r}")
-    if not isinstance(loop, bool):
-        raise ValueError(f"loop_guard must be True or False, got {loop!r}")
-    return Guards(threshold, loop)
 
 
 def fill_silent_rows(tokens, rows, batch, bounds, device):

@@ -24,7 +24,8 @@ The prefix tree (`HotwordTrie`) is over the words' characters, and every vocabul
 is an edge, so every tokenization of a word the vocabulary allows is boosted ("山田" as "山田", or "山" + "田"; a
 leading space may come with a word's first token). Tokens whose text is not whole characters (byte pieces) are not
 edges. The processor reads each row's generated tokens, so it holds for batches (each row its own words), beams
-(each beam its own prefix) and the speculative verifier (`add_boost` after any prefix: the same processed logits).
+(each beam its own prefix) and the speculative verifier (the same processor, `select`ed per utterance, at every
+verified position).
 
 Remote code: imports numpy, torch and the public transformers API only.
 """
@@ -36,12 +37,12 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor
 
-from .ctc_head_hubert_gpt import require_ctc_head
+from .generation_hubert_gpt import OPTIONS
 
-DEFAULT_BOOST = 3.0  # added over a whole word's tokens to their logits (each token its share of the characters)
-DEFAULT_THRESHOLD = -1.0  # keyword score (mean log-ratio per label) a word needs to be active
+# The defaults (generation_hubert_gpt.OPTIONS; model.generation_config may carry others):
+DEFAULT_BOOST = OPTIONS["hotword_boost"][0]  # added over a whole word's tokens (each token its share of the characters)
+DEFAULT_THRESHOLD = OPTIONS["hotword_threshold"][0]  # keyword score (mean log-ratio per label) a word needs
 START_SLACK, START_SLACK_RATIO = 4, 0.2  # how far (characters) from where the head heard it a word may start
-_UNSET = object()
 _VOCABULARIES = weakref.WeakKeyDictionary()  # tokenizer -> TokenTexts
 
 
@@ -218,7 +219,7 @@ class RowHotwords:
 
 class Hotwords:
     """A generate call's hotwords: per row of the batch its RowHotwords (None: nothing to boost), the boost, and
-    what the gate saw (`scores`: per row {word: keyword score}, for inspection)."""
+    what the gate saw (`scores`: per row {word: keyword score}, None without the gate)."""
 
     def __init__(self, rows, boost, texts, scores=None):
         self.rows, self.boost, self.texts, self.scores = rows, boost, texts, scores
@@ -241,6 +242,11 @@ class Hotwords:
     def processor(self):
         return HotwordLogitsProcessor(self)
 
+    def active(self):
+        """Per row {word: (lowest, highest) characters before it where it may start, or None: anywhere}."""
+        return [{} if row is None else {w: None if row.windows is None else row.windows[w] for w in row.trie.words}
+                for row in self.rows]
+
 
 class HotwordLogitsProcessor(LogitsProcessor):
     """Adds the boost to the logits of each row's hotword tokens. input_ids (B x beams, n): the generated tokens;
@@ -248,6 +254,10 @@ class HotwordLogitsProcessor(LogitsProcessor):
 
     def __init__(self, hotwords):
         self.hotwords = hotwords
+
+    def select(self, rows):
+        """The processor of some utterances of the batch (rows: their indices)."""
+        return HotwordLogitsProcessor(self.hotwords.select(rows))
 
     def __call__(self, input_ids, scores):
         per_row = input_ids.shape[0] // len(self.hotwords.rows)  # beams (or returned sequences) of one utterance
@@ -276,36 +286,24 @@ def check_word_lists(hotwords, batch):
     return [list(dict.fromkeys(w.strip() for w in words)) for words in lists]
 
 
-def resolve_hotwords(model, kwargs, batch, tokenizer):
-    """Pop `hotwords`, `hotword_boost`, `hotword_threshold` from generate()'s keywords: (B word lists, boost,
-    threshold or None for no gate), or None when no row has a word (then decoding is exactly plain decoding)."""
-    words = check_word_lists(kwargs.pop("hotwords", None), batch)
-    boost = kwargs.pop("hotword_boost", DEFAULT_BOOST)
-    threshold = kwargs.pop("hotword_threshold", _UNSET)
-    if not isinstance(boost, (int, float)) or isinstance(boost, bool) or boost < 0:
-        raise ValueError(f"hotword_boost must be a number >= 0, got {boost!r}")
-    if threshold is not _UNSET and threshold is not None and not (
-            isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and threshold <= 0):
-        raise ValueError(f"hotword_threshold must be None (no gate) or a number <= 0 (a mean log-ratio per label), "
-                         f"got {threshold!r}")
+def resolve_hotwords(model, hotwords, boost, threshold, batch, tokenizer):
+    """generate()'s resolved `hotwords` (checked by generation_hubert_gpt.resolve_generation), `hotword_boost`,
+    `hotword_threshold` -> (B word lists, boost, threshold or None for no gate), or None when no row has a word (then
+    decoding is exactly plain decoding)."""
+    words = check_word_lists(hotwords, batch)
     if not any(words):
         return None
     if tokenizer is None:
         raise ValueError("hotwords need the LLM's tokenizer to find their tokens: generate(..., hotwords=[...], "
                          "tokenizer=processor.tokenizer) (the pipeline passes its own)")
     if model.ctc_head is None:
-        if threshold not in (_UNSET, None):
-            require_ctc_head(model, "hotword_threshold gates hotwords with")
         warnings.warn("this model has no CTC head, so hotwords are boosted everywhere (plain shallow fusion): they may "
                       "appear in transcripts where they were not said", UserWarning, stacklevel=3)
-        threshold = None
-    elif threshold is _UNSET:
-        threshold = DEFAULT_THRESHOLD
     return words, float(boost), threshold
 
 
-def build_hotwords(model, words, boost, threshold, tokenizer, ctc_logits=None, frame_lengths=None):
-    """Hotwords for a batch: B word lists; with a threshold, gated and placed by the CTC logits (B, T, C)."""
+def build_hotwords(model, words, boost, threshold, tokenizer, log_probs=None, frame_lengths=None):
+    """Hotwords for a batch: B word lists; with a threshold, gated and placed by the CTC log-posteriors (B, T, C)."""
     vocabulary = token_texts(tokenizer)
     tries = {}
 
@@ -325,10 +323,9 @@ def build_hotwords(model, words, boost, threshold, tokenizer, ctc_logits=None, f
     scores = [{w: float("-inf") for w in row} for row in words]
     firsts = [{} for _ in words]
     if spellable:
-        if ctc_logits is None:
+        if log_probs is None:
             raise ValueError("gated hotwords read the CTC head's logits; a speech_prompt given to generate must come "
                              "from encode_speech(..., ctc_head=True)")
-        log_probs = ctc_logits.float().log_softmax(-1)
         found, first_frames = keyword_scores(log_probs, frame_lengths, [labels[w] for w in spellable], head.blank_id)
         before = spelled_before(head, log_probs, frame_lengths, first_frames, vocabulary)
         for b, row in enumerate(words):

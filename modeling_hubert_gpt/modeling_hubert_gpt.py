@@ -25,13 +25,18 @@ from .audio_encoder_hubert_gpt import HubertGptAudioEncoder
 from .bridges_hubert_gpt import bridge_class
 from .configuration_hubert_gpt import HubertGptConfig
 from .ctc_head_hubert_gpt import HubertGptCtcHead
+from .duration_hubert_gpt import check_duration
 from .generation_hubert_gpt import (
-    BOUND_DEFAULTS,
+    FROM_CONFIG,
+    OPTIONS,
+    HubertGptGenerateOutput,
     PerUtteranceLimit,
     llm_generation_config,
     max_new_tokens_for,
+    resolve_bounds,
     resolve_generation,
 )
+from .guards_hubert_gpt import Guards, NoSpeechLogitsProcessor, fill_silent_rows
 from .hotwords_hubert_gpt import build_hotwords, resolve_hotwords
 
 DEFAULT_CTC_LOSS_WEIGHT = 0.3
@@ -66,6 +71,12 @@ class HubertGptOutput(ModelOutput):
     llm_loss: torch.FloatTensor | None = None
     ctc_loss: torch.FloatTensor | None = None
     speech_lengths: torch.LongTensor | None = None
+
+
+def _in_places(values, rows, batch, fill):
+    """Values of the batch rows `rows` -> a list over the whole batch, `fill` for the other rows."""
+    place = {row: k for k, row in enumerate(rows)}
+    return [values[place[b]] if b in place else fill for b in range(batch)]
 
 
 class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
@@ -107,7 +118,7 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
             bos_token_id=config.prompt_bos_token_id,
             eos_token_id=eos_id,
             pad_token_id=eos_id if pad_id is None else pad_id,
-            **BOUND_DEFAULTS,
+            **{name: default for name, (default, _, _) in OPTIONS.items()},  # hubert-gpt's decoding defaults
         )
 
     @classmethod
@@ -256,6 +267,11 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         speech (B, T', Dt), speech_lengths (B,), text_ids (B, N) with -100 padding or None.
         Returns inputs_embeds (B, L, Dt), attention_mask (B, L), position_ids (B, L), labels (B, L) or None
         (labels are -100 everywhere but on the transcript tokens).
+
+        The speech enters with `masked_scatter` at placeholder positions, as Voxtral and Granite place audio at their
+        audio tokens (and vLLM does). The placeholder is pad_token_id, not an audio token of its own: nue-asr's
+        vocabulary has none, adding one would change the released checkpoint's embeddings, and the LLM is given these
+        embeddings, never the placeholder ids.
         """
         batch = speech.shape[0]
         device = speech.device
@@ -336,103 +352,164 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     # --- inference ----------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, input_values=None, attention_mask=None, generation_config=None, ctc_draft=False, **kwargs):
-        """Transcribe a batch: returns only the new tokens (B, N), padded with pad_token_id after eos.
+    def generate(
+        self,
+        input_values=None,
+        attention_mask=None,
+        generation_config=None,
+        *,
+        max_new_tokens_per_second=FROM_CONFIG,
+        max_new_tokens_base=FROM_CONFIG,
+        no_speech_threshold=FROM_CONFIG,
+        loop_guard=FROM_CONFIG,
+        hotwords=FROM_CONFIG,
+        hotword_boost=FROM_CONFIG,
+        hotword_threshold=FROM_CONFIG,
+        ctc_draft=FROM_CONFIG,
+        ctc_draft_window=FROM_CONFIG,
+        ctc_draft_ngram=FROM_CONFIG,
+        draft_override=None,
+        tokenizer=None,
+        speech_prompt=None,
+        logits_processor=None,
+        stopping_criteria=None,
+        labels=None,
+        ctc_targets=None,
+        **kwargs,
+    ):
+        """Transcribe a batch: the new tokens (B, N), padded with pad_token_id after eos; with
+        `return_dict_in_generate=True` a `HubertGptGenerateOutput` (generation_hubert_gpt.py): transformers' fields and,
+        per row, what the features below decided.
 
-        One path: encode -> pack the prompt (left-padded) -> `language_model.generate`. GenerationConfig options and
-        generate() keywords work (num_beams, do_sample, streamer, logits_processor, return_dict_in_generate,
-        cache_implementation="static", ...); `assistant_model` and `prompt_lookup_num_tokens` do not (an assistant
-        would need the audio; prompt lookup needs a text prompt): `ctc_draft=True` is the speculative path, lossless
-        CTC-draft greedy decoding (models with a CTC head; see speculative_hubert_gpt.py for its options). Without max_new_tokens /
-        max_length each utterance stops at its own bound (generation_hubert_gpt.py), for beam search too.
-        Models with a CTC head guard the LLM with it (guards_hubert_gpt.py): `no_speech_threshold` (None: off) and
-        `loop_guard` (False: off). `hotwords` (a list of words, or one list per utterance; with `tokenizer`),
-        `hotword_boost`, `hotword_threshold`: words boosted where the CTC head heard them (hotwords_hubert_gpt.py).
-        `speech_prompt`: this audio's `encode_speech(..., ctc_head=True)`, computed once
-        by a caller that reads the CTC head too (the pipeline's timestamps).
+        One path: encode -> pack the prompt (left-padded) -> `language_model.generate` (or the CTC-draft verifier).
+        `**kwargs`: transformers' options (GenerationConfig attributes such as num_beams, do_sample, max_new_tokens,
+        return_dict_in_generate, cache_implementation="static"; generate() keywords such as streamer); not
+        `assistant_model` nor `prompt_lookup_num_tokens` (an assistant would need the audio; prompt lookup needs a
+        text prompt): `ctc_draft=True` is the speculative path. `logits_processor` / `stopping_criteria`: yours, in one
+        list in front of hubert-gpt's own (hotwords, the no-speech guard, the per-utterance bound).
+
+        hubert-gpt's options. Those shown `<from generation_config>` take the value of `generation_config` (default:
+        `model.generation_config`, saved with the model), else the default in brackets (generation_hubert_gpt.OPTIONS):
+            max_new_tokens_per_second (4.0), max_new_tokens_base (20): without max_new_tokens / max_length each
+                utterance of s seconds stops after int(per_second * s + base + 0.5) new tokens, beams too.
+            no_speech_threshold (1.0; None: off): models with a CTC head; an utterance whose CTC non-blank mass is
+                below it gets eos alone, without an LLM pass when only tokens are returned (guards_hubert_gpt.py).
+            loop_guard (True): models with a CTC head; caps each row's new tokens by the CTC hypothesis' length and
+                cuts an unsupported repetition after its first copy (guards_hubert_gpt.py).
+            hotwords (None): a list of words, or one list per utterance, boosted where the CTC head heard them; needs
+                `tokenizer` (hotwords_hubert_gpt.py). hotword_boost (3.0): added over a whole word's tokens.
+                hotword_threshold (-1.0; None: no gate, every word boosted everywhere): the keyword score a word needs.
+            ctc_draft (False): lossless CTC-draft speculative greedy decoding (speculative_hubert_gpt.py): the
+                tokens of plain greedy decoding. ctc_draft_window (32): most draft tokens verified per row and pass.
+                ctc_draft_ngram (True): prompt-lookup drafts once the CTC draft is used up.
+        Per call only:
+            draft_override: with ctc_draft, B token lists (or a callable SpeechPrompt -> lists) drafted instead of the
+                CTC head's hypothesis (tests, experiments).
+            tokenizer: the LLM's tokenizer, for hotwords and for a CTC head that spells characters (ctc_draft).
+            speech_prompt: this audio's `encode_speech(..., ctc_head=True)`, computed once by a caller that reads the
+                CTC head too (the pipeline's timestamps).
+            labels, ctc_targets: ignored (Seq2SeqTrainer passes its training batch; transcripts are not a prompt).
+        Each value is checked once (`resolve_generation`), with one error per bad value or combination. The CTC head's
+        log-posteriors and greedy hypothesis are computed once per call and read by the guards, hotwords and drafts.
         """
-        from .duration_hubert_gpt import check_duration  # relative imports: the files are saved alongside
-        from .guards_hubert_gpt import fill_silent_rows, resolve_guards
-
-        kwargs.pop("labels", None)  # Seq2SeqTrainer passes the training batch; transcripts are not a prompt here
-        kwargs.pop("ctc_targets", None)
         refused = {"assistant_model": "transformers would call the assistant without the audio",
                    "prompt_lookup_num_tokens": "it drafts from the prompt's token ids, and this prompt is speech"}
         for name, why in refused.items():
             if kwargs.get(name) is not None:
                 raise ValueError(f"{name} is not supported: {why}. Use generate(..., ctc_draft=True), lossless "
                                  "speculative decoding with the CTC head's drafts")
-        draft_options = {k: kwargs.pop(k) for k in ("draft_override", "ctc_draft_window", "ctc_draft_ngram") if k in kwargs}
-        if draft_options and not ctc_draft:
-            raise TypeError(f"{sorted(draft_options)} are options of ctc_draft=True")
-        tokenizer = kwargs.pop("tokenizer", None)
+        options = {name: value for name, value in locals().items()  # the hubert-gpt options of the signature
+                   if name in OPTIONS or name in ("hotwords", "draft_override", "tokenizer")}
+        given = {name: value for name, value in (("logits_processor", logits_processor),
+                                                 ("stopping_criteria", stopping_criteria)) if value is not None}
+        config, llm_kwargs, fixed = resolve_generation(self, generation_config, options, {**kwargs, **given})
         batch = 1 if input_values is None or input_values.dim() == 1 else input_values.shape[0]
-        if kwargs.get("speech_prompt") is not None:
-            batch = len(kwargs["speech_prompt"].sample_lengths)
-        if tokenizer is not None and not (ctc_draft or "hotwords" in kwargs):
-            raise TypeError("tokenizer is an option of ctc_draft=True and of hotwords")
-        hotwords = resolve_hotwords(self, kwargs, batch, tokenizer)
-        if ctc_draft and tokenizer is not None:
-            draft_options["tokenizer"] = tokenizer
-        guards = resolve_guards(self, kwargs)
-        gated = hotwords is not None and hotwords[2] is not None
-        speech = kwargs.pop("speech_prompt", None)
+        if speech_prompt is not None:
+            batch = len(speech_prompt.sample_lengths)
+        words = resolve_hotwords(self, config.hotwords, config.hotword_boost, config.hotword_threshold, batch, tokenizer)
+        guards = Guards(config.no_speech_threshold, config.loop_guard)
+        needs_head = guards.needs_ctc_head or (words is not None and words[2] is not None) or (
+            config.ctc_draft and (draft_override is None or callable(draft_override)))
+        speech = speech_prompt
         if speech is None:
-            speech = self.encode_speech(input_values, attention_mask, ctc_head=guards.needs_ctc_head or gated or (
-                ctc_draft and ("draft_override" not in draft_options or callable(draft_options["draft_override"]))))
-        if guards.needs_ctc_head:
-            guards.read(self.ctc_head, speech.ctc_logits, speech.frame_lengths)
-        if hotwords is not None:
-            hotwords = build_hotwords(self, *hotwords, tokenizer, speech.ctc_logits, speech.frame_lengths)
-        self.last_hotwords = hotwords  # what the gate decided per row (hotwords_hubert_gpt.Hotwords), or None
+            speech = self.encode_speech(input_values, attention_mask, ctc_head=needs_head)
+        log_probs = hypotheses = None
+        if needs_head and self.ctc_head is not None:
+            if speech.ctc_logits is None:
+                raise ValueError("this call reads the CTC head: a speech_prompt given to generate must come from "
+                                 "encode_speech(..., ctc_head=True)")
+            log_probs = speech.ctc_logits.float().log_softmax(-1)  # (B, T, C), once: guards, hotwords, drafts read it
+            hypotheses = self.ctc_head.greedy_labels(log_probs, speech.frame_lengths)
+        guards.read(self.ctc_head, log_probs, speech.frame_lengths, hypotheses)
+        boosts = None if words is None else build_hotwords(self, *words, tokenizer, log_probs, speech.frame_lengths)
         check_duration(self, speech.sample_lengths)
-        rows, batch = guards.speaking_rows(), len(speech.sample_lengths)
-        if guards.no_speech_threshold is None or len(rows) == batch:
-            return self._decode(speech, generation_config, ctc_draft, draft_options, guards, hotwords, kwargs)
-        if isinstance(draft_options.get("draft_override"), (list, tuple)):
-            draft_options["draft_override"] = [draft_options["draft_override"][b] for b in rows]
-        tokens = None
+        silent = guards.silent()
+        decisions = {"speech_mass": guards.speech_mass, "no_speech": silent,
+                     "ctc_lengths": None if hypotheses is None else [len(h) for h in hypotheses],
+                     "hotword_scores": None if boosts is None else boosts.scores,
+                     "hotwords_active": None if boosts is None else boosts.active()}
+        # Silent rows leave the batch when only tokens come back (no LLM pass for them); transformers' dict outputs
+        # keep every row, the silent ones ended at once by NoSpeechLogitsProcessor: the same tokens either way.
+        drop = silent is not None and any(silent) and (config.ctc_draft or not config.return_dict_in_generate)
+        rows = [b for b in range(batch) if not (drop and silent[b])]
+        out, stats, cuts = None, None, None
         if rows:
-            kept = SpeechPrompt(*(None if part is None else part[rows] for part in speech))
-            tokens = self._decode(kept, generation_config, ctc_draft, draft_options, guards.select(rows),
-                                  None if hotwords is None else hotwords.select(rows), kwargs)
-            if not isinstance(tokens, torch.Tensor):
-                raise ValueError("the no-speech guard returns tokens only; pass no_speech_threshold=None to get "
-                                 "return_dict_in_generate's outputs")
-        _, bounds = resolve_generation(self, generation_config, dict(kwargs), speech.sample_lengths, 0)
-        return fill_silent_rows(tokens, rows, batch, bounds, speech.embeds.device)
+            if len(rows) < batch:
+                speech = SpeechPrompt(*(None if part is None else part[rows] for part in speech))
+                guards, boosts = guards.select(rows), None if boosts is None else boosts.select(rows)
+                hypotheses = None if hypotheses is None else [hypotheses[b] for b in rows]
+                if isinstance(draft_override, (list, tuple)):
+                    draft_override = [draft_override[b] for b in rows]
+            out, stats, cuts = self._decode(speech, hypotheses, config, fixed, llm_kwargs, guards, boosts,
+                                            None if drop else silent, draft_override, tokenizer)
+        if drop:  # the silent rows back in their places: eos, nothing cut, nothing drafted
+            bounds = resolve_bounds(self, config, fixed, speech.sample_lengths, 0)
+            out = fill_silent_rows(out, rows, batch, bounds, speech.embeds.device)
+            cuts = None if cuts is None else _in_places(cuts, rows, batch, None)
+            if stats is not None:
+                stats = {k: _in_places(v, rows, batch, 0) if isinstance(v, list) else v for k, v in stats.items()}
+        if not config.return_dict_in_generate:
+            return out
+        fields = dict(out) if not isinstance(out, torch.Tensor) else {"sequences": out}
+        return HubertGptGenerateOutput(**fields, **decisions, loop_cuts=cuts, draft_stats=stats)
 
-    def _decode(self, speech, generation_config, ctc_draft, draft_options, guards, hotwords, kwargs):
-        """generate() once the audio is encoded: pack the prompt, resolve the bounds (the loop guard's cap included),
-        decode (hotwords boosted: hotwords_hubert_gpt.py), cut unsupported repetitions."""
+    def _decode(self, speech, hypotheses, config, fixed, llm_kwargs, guards, hotwords, silent, draft_override,
+                tokenizer):
+        """generate() once the audio is encoded and its rows chosen: pack the prompt, resolve the bounds (the loop
+        guard's cap included), decode with hubert-gpt's logits processors (one list for plain, beam and speculative
+        decoding: hotwords, the no-speech guard for `silent` rows kept in the batch), cut unsupported repetitions.
+        Returns (tokens or the LLM's dict output, the draft statistics or None, the loop guard's cuts or None)."""
         embeds, prompt_mask, position_ids, _ = self.pack_prompt(speech.embeds, speech.lengths, left_pad=True)
-        config, bounds = resolve_generation(self, generation_config, kwargs, speech.sample_lengths, prompt_mask.shape[1])
-        bounds = guards.cap(bounds)
-        hotwords = hotwords if hotwords is not None and hotwords.any else None
-        if ctc_draft:
+        bounds = guards.cap(resolve_bounds(self, config, fixed, speech.sample_lengths, prompt_mask.shape[1]))
+        processors = LogitsProcessorList()  # each with .select(rows): the processor of some rows of the batch
+        if hotwords is not None and hotwords.any:
+            processors.append(hotwords.processor())
+        if silent is not None and any(silent):
+            processors.append(NoSpeechLogitsProcessor(silent, (bounds.eos_ids or [bounds.pad_id])[0]))
+        stats = None
+        if config.ctc_draft:
             from .speculative_hubert_gpt import ctc_draft_generate  # a relative import: the file is saved alongside
 
-            tokens = ctc_draft_generate(self, speech, embeds, prompt_mask, position_ids, config, bounds, kwargs,
-                                        hotwords=hotwords, **draft_options)
+            out, stats = ctc_draft_generate(self, speech, hypotheses, embeds, prompt_mask, position_ids, config, bounds,
+                                            llm_kwargs.get("streamer"), draft_override, tokenizer, processors)
         else:
-            tokens = self._generate_tokens(embeds, prompt_mask, position_ids, config, bounds, kwargs, hotwords)
-        return guards.cut_repeats(tokens, bounds)
+            out = self._generate_tokens(embeds, prompt_mask, position_ids, config, bounds, llm_kwargs, processors)
+        cuts = guards.cut_repeats(out if isinstance(out, torch.Tensor) else out.sequences, bounds)
+        return out, stats, cuts
 
-    def _generate_tokens(self, embeds, prompt_mask, position_ids, config, bounds, kwargs, hotwords=None):
-        """language_model.generate after the packed prompt, each row within its bound (and its hotwords boosted)."""
+    def _generate_tokens(self, embeds, prompt_mask, position_ids, config, bounds, kwargs, processors):
+        """language_model.generate after the packed prompt, hubert-gpt's logits processors (`processors`) and its
+        per-utterance bound (a stopping criterion) after the caller's."""
+        kwargs = dict(kwargs)
         if bounds.per_utterance and config.num_beams > 1 and len(set(bounds.max_new)) > 1:
-            if config.return_dict_in_generate:
-                raise ValueError("beam search with per-utterance bounds decodes rows in groups and returns tokens only; "
-                                 "pass max_new_tokens to get return_dict_in_generate's outputs for the whole batch")
-            return self._generate_in_bound_groups(embeds, prompt_mask, position_ids, config, bounds, kwargs, hotwords)
-        if hotwords is not None:
-            kwargs = {**kwargs, "logits_processor": LogitsProcessorList([*kwargs.get("logits_processor", []),
-                                                                         hotwords.processor()])}
+            return self._generate_in_bound_groups(embeds, prompt_mask, position_ids, config, bounds, kwargs, processors)
+        kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), *processors])
         if bounds.per_utterance:
+            config.max_length = None
             config.max_new_tokens = max(bounds.max_new)
             if config.num_beams == 1:
                 kwargs["stopping_criteria"] = StoppingCriteriaList(
-                    [*kwargs.get("stopping_criteria", []), PerUtteranceLimit(bounds.max_new)])
+                    [*(kwargs.get("stopping_criteria") or []), PerUtteranceLimit(bounds.max_new)])
         if (config.num_beams == 1 and config.use_cache is not False and config.cache_implementation is None
                 and not {"cache", "past_key_values"} & set(kwargs)):
             # a KV cache that appends in place (beam search reorders its cache every step: it keeps the default)
@@ -442,7 +519,7 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         return self.language_model.generate(inputs_embeds=embeds, attention_mask=prompt_mask, position_ids=position_ids,
                                             generation_config=llm_generation_config(config), **kwargs)
 
-    def _generate_in_bound_groups(self, embeds, prompt_mask, position_ids, config, bounds, kwargs, hotwords=None):
+    def _generate_in_bound_groups(self, embeds, prompt_mask, position_ids, config, bounds, kwargs, processors):
         """Beam search with per-utterance bounds: rows that share a bound are decoded together with exactly that
         max_new_tokens (a beam cannot stop at a bound of its own), so each row gets the tokens it gets alone."""
         rows_by_bound = {}
@@ -453,11 +530,9 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
             index = torch.tensor(rows, device=embeds.device)
             keep = int(prompt_mask[index].sum(-1).max())  # drop the left padding no row of this group needs
             group_config = llm_generation_config(config)
-            group_config.max_new_tokens = bound
-            group_kwargs = kwargs
-            if hotwords is not None:
-                group_kwargs = {**kwargs, "logits_processor": LogitsProcessorList(
-                    [*kwargs.get("logits_processor", []), hotwords.select(rows).processor()])}
+            group_config.max_length, group_config.max_new_tokens = None, bound
+            group_kwargs = {**kwargs, "logits_processor": LogitsProcessorList(
+                [*(kwargs.get("logits_processor") or []), *(processor.select(rows) for processor in processors)])}
             tokens = self.language_model.generate(
                 inputs_embeds=embeds[index, -keep:], attention_mask=prompt_mask[index, -keep:],
                 position_ids=position_ids[index, -keep:], generation_config=group_config, **group_kwargs)

@@ -270,16 +270,16 @@ class HubertGptASRPipeline(Pipeline):
         batch_size (`int`): chunks per `generate` call, padded with an attention mask (chunks of several inputs share
             a batch). A list of more inputs than that is transcribed longest first, so that each batch holds similar
             lengths (little padding); the outputs come back in the order of the inputs.
-        generate_kwargs (`dict`) or generation keywords (`num_beams=3`, ...): passed to `generate`. Nothing is
-            added (but the tokenizer for `ctc_draft=True`): the model's generation_config decides the rest.
+        generate_kwargs (`dict`) or generation keywords (`num_beams=3`, `no_speech_threshold=None`, ...): passed to
+            `generate`, which names and documents every option (the guards, hotwords, ctc_draft, ...). Nothing is
+            added (but this pipeline's tokenizer where ctc_draft or hotwords are on, by the call or by the model's
+            generation_config): the model's generation_config decides the rest.
         return_timestamps (`"char"`, `"word"` or `True`; models with a CTC head): the transcript force-aligned to
             the CTC head's posteriors (alignment_hubert_gpt.py): `"chunks"` per character, word or pause-separated
             segment, times in seconds from the input's start (global across chunks, read from the whole input's
             posteriors stitched from its chunks).
-        no_speech_threshold (`float` or None), loop_guard (`bool`): the CTC head's guards (guards_hubert_gpt.py),
-            passed to `generate`; on by default for models with a CTC head.
-        hotwords (`list[str]`, or one such list per input of a list), hotword_boost, hotword_threshold: words boosted
-            where the CTC head heard them (hotwords_hubert_gpt.py); every chunk of an input gets its input's words.
+        hotwords (`list[str]`, or one such list per input of a list): `generate`'s hotwords, given per input: every
+            chunk of an input gets its input's words.
         split_at_pauses (`bool`, default False; models with a CTC head): cut every input where the head hears a pause
             (segments_hubert_gpt.py) and transcribe the pieces one by one, for audio of several sentences that a
             model trained on one sentence at a time would stop after the first of; costs one more encoder pass per
@@ -453,7 +453,8 @@ class HubertGptASRPipeline(Pipeline):
         return {"batches": batches(), "num_inputs": len(items)}
 
     def _forward(self, model_inputs, return_timestamps=None, hotwords=None, early_stop_split=False, **generate_kwargs):
-        if generate_kwargs.get("ctc_draft") or hotwords:
+        config = getattr(self.model, "generation_config", None)
+        if hotwords or any(generate_kwargs.get(name, getattr(config, name, None)) for name in ("ctc_draft", "hotwords")):
             generate_kwargs.setdefault("tokenizer", self.tokenizer)  # the model decides whether its draft needs it
         per_input = self._hotwords_per_input(hotwords, model_inputs["num_inputs"])
         tokens, pieces = [], []  # per chunk: (input index, (N,) new tokens); its _Chunk

@@ -14,7 +14,7 @@ In every pass the LLM's greedy token at each draft position is compared with the
 is kept, plus the LLM's own token after it (so each pass yields at least one token, as a plain greedy step does).
 Every kept token IS the LLM's argmax given exactly the tokens before it, so the output equals plain greedy decoding
 (`model.generate(...)` with the same settings), token for token: lossless. The draft only decides how many tokens
-one pass may confirm. Stopping is plain greedy's, resolved for both by `generation_hubert_gpt.resolve_generation`
+one pass may confirm. Stopping is plain greedy's, resolved for both by `generation_hubert_gpt.resolve_bounds`
 (its `Bounds`): eos (one id or a list), the per-utterance bound `model.max_new_tokens_for(sample_lengths)` (from
 `model.generation_config.max_new_tokens_per_second` / `max_new_tokens_base`) unless `max_new_tokens` / `max_length`
 is given, `min_new_tokens` / `min_length` (eos is masked at those positions, as MinNewTokensLengthLogitsProcessor
@@ -46,13 +46,15 @@ slot, so the attention mask stays [left padding][ones]. Finished rows leave the 
 One forward pass of the batch counts as one pass. (Alternatives: row by row costs B passes where one does; keeping
 per-row holes in the cache needs masks with holes, which not every attention implementation takes.)
 
-Statistics of the last call are left in `model.last_generate_stats` (a dict):
+Statistics come back in `generate(..., ctc_draft=True, return_dict_in_generate=True).draft_stats` (a dict):
     llm_forward_passes   LLM forward calls (the prefill included); plain greedy needs max(row_tokens) of them
     row_tokens           generated tokens per utterance (eos included, padding excluded)
     new_tokens           sum(row_tokens)
     draft_lengths        CTC draft length per utterance (before eos is appended)
     proposed_tokens      draft tokens sent for verification, by source {"ctc": n, "ngram": n}
     accepted_tokens      draft tokens the LLM agreed with and that were kept, by source
+    row_proposed         draft tokens sent for verification per utterance (both sources)
+    row_accepted         draft tokens kept per utterance (both sources)
     recomputed_tokens    verified tokens fed again because another row of the batch accepted fewer
     passes_per_token     llm_forward_passes / max(row_tokens) (1.0 = plain greedy; lower is better)
     accepted_per_pass    sum(accepted_tokens) / llm_forward_passes
@@ -65,48 +67,13 @@ from dataclasses import dataclass, field
 import torch
 
 from .cache_hubert_gpt import cache_keyword, new_cache  # relative imports: the files are saved alongside
-from .generation_hubert_gpt import with_llm_defaults
+from .generation_hubert_gpt import OPTIONS
 
-DEFAULT_WINDOW = 32  # most draft tokens verified per row and pass
+DEFAULT_WINDOW = OPTIONS["ctc_draft_window"][0]  # most draft tokens verified per row and pass (the default)
 MIN_WINDOW = 4  # the adaptive window never shrinks below this
 REALIGN_AHEAD = 4  # how far ahead in the draft the LLM's token is looked for after a mismatch
 REALIGN_BACK = 4  # ... and how far back (the draft skipped tokens the LLM says, or collapsed a repeat)
 MAX_NGRAM = 3  # prompt-lookup n-gram size once the draft is used up
-
-# Generation settings that change greedy's choice of token (logits processors, other decoding modes, outputs we do
-# not build). Neutral values are accepted; anything else raises.
-_NEUTRAL = {
-    "do_sample": (None, False),
-    "num_beams": (None, 1),
-    "num_beam_groups": (None, 1),
-    "num_return_sequences": (None, 1),
-    "penalty_alpha": (None,),
-    "dola_layers": (None,),
-    "repetition_penalty": (None, 1.0),
-    "encoder_repetition_penalty": (None, 1.0),
-    "no_repeat_ngram_size": (None, 0),
-    "encoder_no_repeat_ngram_size": (None, 0),
-    "bad_words_ids": (None,),
-    "sequence_bias": (None,),
-    "suppress_tokens": (None,),
-    "begin_suppress_tokens": (None,),
-    "forced_bos_token_id": (None,),
-    "forced_eos_token_id": (None,),
-    "exponential_decay_length_penalty": (None,),
-    "remove_invalid_values": (None, False),
-    "guidance_scale": (None, 1.0),
-    "watermarking_config": (None,),
-    "prompt_lookup_num_tokens": (None,),
-    "assistant_early_exit": (None,),
-    "stop_strings": (None,),
-    "max_time": (None,),
-    "return_dict_in_generate": (None, False),
-    "output_scores": (None, False),
-    "output_logits": (None, False),
-    "output_attentions": (None, False),
-    "output_hidden_states": (None, False),
-}
-
 
 # --- drafts ----------------------------------------------------------------------------------------------------------
 def ngram_proposal(context, output, window, max_ngram=MAX_NGRAM):
@@ -194,9 +161,9 @@ class _Rows:
     as plain generate resolves it: eos, each row's max_new, eos barred before min_new, pad_id after the end."""
 
     def __init__(self, language_model, inputs_embeds, attention_mask, position_ids, drafts, bounds, window, ngram,
-                 hotwords=None):
+                 logits_processor=None):
         self.lm, self.bounds, self.device = language_model, bounds, inputs_embeds.device
-        self.hotwords = hotwords  # hotwords_hubert_gpt.Hotwords or None
+        self.processors = list(logits_processor or [])  # row-selectable processors (`.select(rows)`) of the call
         self.max_new = [int(x) for x in bounds.max_new]
         self.eos = set(bounds.eos_ids)
         self.prompt_len = inputs_embeds.shape[1]
@@ -210,6 +177,8 @@ class _Rows:
             "proposed_tokens": {"ctc": 0, "ngram": 0},
             "accepted_tokens": {"ctc": 0, "ngram": 0},
             "recomputed_tokens": 0,
+            "row_proposed": [0] * len(drafts),
+            "row_accepted": [0] * len(drafts),
         }
         self.active = [r for r in range(len(drafts)) if self.max_new[r] > 0]  # rows still decoding
         self.cached = 0  # output tokens every active row has in the cache
@@ -262,6 +231,7 @@ def propose(rows):
         step.proposals.append(proposal)
         step.sources.append(source)
         rows.stats["proposed_tokens"][source] += len(proposal)
+        rows.stats["row_proposed"][r] += len(proposal)
     return step
 
 
@@ -303,15 +273,20 @@ def _bar_early_eos(rows, logits, first):
     return logits.masked_fill(too_early, float("-inf"))
 
 
-def _boost_hotwords(rows, step, logits, first):
-    """Each verified position's logits as the hotword processor makes them in plain decoding: the boost for the
-    tokens decided before it (the row's output, then the proposal up to there). logits (B_active, K, V)."""
-    if rows.hotwords is None:
+def _process(rows, step, logits, first):
+    """Each verified position's logits as the call's logits processors make them in plain decoding, given the tokens
+    decided before it (the row's output, then the proposal up to there). logits (B_active, K, V)."""
+    if not rows.processors:
         return logits
-    logits = logits.float()
+    logits = logits.float()  # as generate() hands scores to its processors
     for b, (r, proposal) in enumerate(zip(rows.active, step.proposals)):
+        processors = [processor.select([r]) for processor in rows.processors]  # this utterance's alone
         for j in range(min(len(proposal) + 1, logits.shape[1] - first[b])):
-            rows.hotwords.add_boost(logits[b, first[b] + j], r, rows.outputs[r] + proposal[:j])
+            prefix = torch.tensor([rows.outputs[r] + proposal[:j]], dtype=torch.long)  # (1, n) tokens before it
+            scores = logits[b, first[b] + j][None]  # (1, V)
+            for processor in processors:
+                scores = processor(prefix.to(scores.device), scores)
+            logits[b, first[b] + j] = scores[0]
     return logits
 
 
@@ -328,7 +303,7 @@ def verify(rows, step):
     logits = logits[:, -keep:]  # (B_active, keep, V); logits index i <-> input index total_in - keep + i
     rows.stats["llm_forward_passes"] += 1
     first = [s - (total_in - keep) for s in starts]
-    logits = _boost_hotwords(rows, step, _bar_early_eos(rows, logits, first), first)
+    logits = _process(rows, step, _bar_early_eos(rows, logits, first), first)
     span = max(len(q) for q in step.proposals) + 1
     index = (torch.tensor(first)[:, None] + torch.arange(span)).clamp(max=keep - 1).to(rows.device)
     return logits.argmax(-1).gather(1, index).tolist()
@@ -354,6 +329,7 @@ def accept(rows, step, greedy):
                 break
         decided.append(rows.outputs[r][before:])
         rows.stats["accepted_tokens"][source] += min(accepted, len(decided[-1]))
+        rows.stats["row_accepted"][r] += min(accepted, len(decided[-1]))
         if not done:
             rows.aligners[r].update(source, len(proposal), accepted, llm[accepted])
             step.survivors.append(b)
@@ -386,15 +362,17 @@ def crop(rows, step):
 
 @torch.no_grad()
 def speculative_greedy_decode(language_model, inputs_embeds, attention_mask, position_ids, drafts, bounds,
-                              window=DEFAULT_WINDOW, ngram=True, streamer=None, hotwords=None):
+                              window=DEFAULT_WINDOW, ngram=True, streamer=None, logits_processor=None):
     """Greedy decoding of `language_model` after a left-padded embedded prompt, verifying `drafts`.
 
     inputs_embeds (B, L, D), attention_mask (B, L) (0 on the left padding), position_ids (B, L); drafts: B token
-    lists; bounds: `generation_hubert_gpt.Bounds` (max_new per row, min_new, eos_ids, pad_id); hotwords:
-    `hotwords_hubert_gpt.Hotwords` (or None), whose boost every verified position gets, as in plain decoding.
+    lists; bounds: `generation_hubert_gpt.Bounds` (max_new per row, min_new, eos_ids, pad_id); logits_processor: the
+    call's hubert-gpt processors (hotwords, ...; each with `select(rows)`), applied at every verified position as in
+    plain decoding.
     Returns (tokens (B, N) long padded with bounds.pad_id after each row's end, stats dict; see the module doc).
     """
-    rows = _Rows(language_model, inputs_embeds, attention_mask, position_ids, drafts, bounds, window, ngram, hotwords)
+    rows = _Rows(language_model, inputs_embeds, attention_mask, position_ids, drafts, bounds, window, ngram,
+                 logits_processor)
     if streamer is not None:
         streamer.put(torch.empty((1, 0), dtype=torch.long))  # the (empty) prompt, as generate() does
     while rows.active:
@@ -409,40 +387,18 @@ def speculative_greedy_decode(language_model, inputs_embeds, attention_mask, pos
 
 
 # --- model.generate(..., ctc_draft=True) -----------------------------------------------------------------------------
-def _check_greedy(generation_config):
-    bad = {k: getattr(generation_config, k) for k, ok in _NEUTRAL.items()
-           if getattr(generation_config, k, None) not in ok}
-    if bad:
-        raise ValueError(
-            f"ctc_draft=True is lossless speculative GREEDY decoding; these settings are not supported with it: {bad}. "
-            "Drop ctc_draft for beam search, sampling, logits processors or extra outputs."
-        )
-
-
-def ctc_draft_generate(
-    model,
-    speech,
-    embeds,
-    prompt_mask,
-    position_ids,
-    config,
-    bounds,
-    kwargs,
-    draft_override=None,
-    ctc_draft_window=DEFAULT_WINDOW,
-    ctc_draft_ngram=True,
-    tokenizer=None,
-    hotwords=None,
-):
+def ctc_draft_generate(model, speech, hypotheses, embeds, prompt_mask, position_ids, config, bounds, streamer=None,
+                       draft_override=None, tokenizer=None, logits_processor=None):
     """`model.generate(input_values, attention_mask, ctc_draft=True, ...)`: same tokens as plain greedy generate.
 
-    speech: the model's SpeechPrompt (CTC logits included unless drafts are given); embeds / prompt_mask /
-    position_ids: the left-padded prompt; config, bounds: from `generation_hubert_gpt.resolve_generation`; kwargs:
-    the call's remaining generate() keywords. draft_override: B token lists (or a callable SpeechPrompt -> lists)
-    used instead of the CTC hypothesis (tests, experiments). ctc_draft_window: most draft tokens verified per row and
-    pass. ctc_draft_ngram: prompt-lookup drafting once the CTC draft is used up. tokenizer: the LLM's tokenizer, for
-    a CTC head that spells characters. hotwords: the call's `hotwords_hubert_gpt.Hotwords` (or None): verification
-    uses the boosted logits, so the output equals biased greedy decoding. Statistics: `model.last_generate_stats`.
+    speech: the model's SpeechPrompt; hypotheses: the CTC head's greedy labels per row (None when drafts are given);
+    embeds / prompt_mask / position_ids: the left-padded prompt; config, bounds: from generation_hubert_gpt (checked
+    there: greedy settings only); config.ctc_draft_window: most draft tokens verified per row and pass;
+    config.ctc_draft_ngram: prompt-lookup drafting once the CTC draft is used up. draft_override: B token lists (or a
+    callable SpeechPrompt -> lists) used instead of the CTC hypothesis (tests, experiments). tokenizer: the LLM's
+    tokenizer, for a CTC head that spells characters. logits_processor: the call's hubert-gpt logits processors, the
+    list plain and beam decoding get too (hotwords): verification uses the processed logits, so the output equals
+    greedy decoding with them. Returns (tokens, stats).
     """
     if model.ctc_head is None and (draft_override is None or callable(draft_override)):
         raise ValueError(
@@ -450,14 +406,6 @@ def ctc_draft_generate(
             f"{model.config.bridge_type!r}) has no CTC head (config.ctc_head_config is None); use a model with one, or "
             "drop ctc_draft"
         )
-    kwargs.pop("use_cache", None)  # the result does not depend on it; the verifier always caches
-    streamer = kwargs.pop("streamer", None)
-    for name in ("logits_processor", "stopping_criteria"):
-        if kwargs.pop(name, None):
-            raise ValueError(f"ctc_draft=True does not take a custom {name}; drop ctc_draft to use one")
-    if kwargs:
-        raise TypeError(f"generate(ctc_draft=True) got unexpected keyword arguments {sorted(kwargs)}")
-    _check_greedy(with_llm_defaults(model, config))
     batch = prompt_mask.shape[0]
     if batch > 1 and streamer is not None:
         raise ValueError("a streamer takes one utterance at a time (batch size 1)")
@@ -466,13 +414,10 @@ def ctc_draft_generate(
     elif draft_override is not None:
         drafts = draft_override
     else:
-        labels = model.ctc_head.greedy_labels(speech.ctc_logits, speech.frame_lengths)
-        drafts = model.ctc_head.to_tokens(labels, tokenizer)
+        drafts = model.ctc_head.to_tokens(hypotheses, tokenizer)
     drafts = [[int(t) for t in d] for d in drafts]
     if len(drafts) != batch:
         raise ValueError(f"draft_override has {len(drafts)} drafts for {batch} utterances")
-    tokens, stats = speculative_greedy_decode(model.language_model, embeds, prompt_mask, position_ids, drafts, bounds,
-                                              window=ctc_draft_window, ngram=ctc_draft_ngram, streamer=streamer,
-                                              hotwords=hotwords)
-    model.last_generate_stats = stats
-    return tokens
+    return speculative_greedy_decode(model.language_model, embeds, prompt_mask, position_ids, drafts, bounds,
+                                     window=config.ctc_draft_window, ngram=config.ctc_draft_ngram, streamer=streamer,
+                                     logits_processor=logits_processor)

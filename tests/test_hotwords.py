@@ -72,8 +72,12 @@ def test_batched_equals_single_with_per_row_hotwords(tiny_tokenizer):
     per_row = [WORDS, ["先生は"], WORDS[::-1]]
     pad = model.generation_config.pad_token_id
     plain = rows(model.generate(values, mask), pad)
-    batched = rows(model.generate(values, mask, hotwords=per_row, hotword_boost=BOOST, tokenizer=tiny_tokenizer), pad)
-    assert all(model.last_hotwords.rows)  # the random head's flat posteriors support every word
+    out = model.generate(values, mask, hotwords=per_row, hotword_boost=BOOST, tokenizer=tiny_tokenizer,
+                         return_dict_in_generate=True)
+    batched = rows(out.sequences, pad)
+    assert all(out.hotwords_active)  # the random head's flat posteriors support every word
+    assert [sorted(active) for active in out.hotwords_active] == [sorted(words) for words in per_row]
+    assert all(low <= high for active in out.hotwords_active for low, high in active.values())  # where each may start
     assert batched != plain  # the boost changed transcripts
     for b in range(3):
         n = int(mask[b].sum())
@@ -93,19 +97,22 @@ def test_a_word_the_head_cannot_hear_is_never_boosted(tiny_tokenizer):
     pad = model.generation_config.pad_token_id
     plain = model.generate(values, mask)
     unheard = ["東京で", "先生は", "駅前で", "ソニー"]  # spellable but absent; ソニー has characters it cannot spell
-    gated = model.generate(values, mask, hotwords=unheard, hotword_boost=BOOST, tokenizer=tiny_tokenizer)
-    assert gated.tolist() == plain.tolist()
-    assert model.last_hotwords.rows == [None, None, None]  # the gate says inactive on every row
-    for scores in model.last_hotwords.scores:
+    gated = model.generate(values, mask, hotwords=unheard, hotword_boost=BOOST, tokenizer=tiny_tokenizer,
+                           return_dict_in_generate=True)
+    assert gated.sequences.tolist() == plain.tolist()
+    assert gated.hotwords_active == [{}, {}, {}]  # the gate says inactive on every row
+    for scores in gated.hotword_scores:
         assert all(scores[w] < DEFAULT_THRESHOLD for w in unheard) and scores["ソニー"] == float("-inf")
     ungated = model.generate(values, mask, hotwords=unheard, hotword_boost=BOOST, tokenizer=tiny_tokenizer,
                              hotword_threshold=None)
     assert rows(ungated, pad) != rows(plain, pad)  # the same words without the gate leak in
-    heard = model.generate(values, mask, hotwords=["猫が", "東京で"], hotword_boost=BOOST, tokenizer=tiny_tokenizer)
-    assert [list(r.trie.words) for r in model.last_hotwords.rows] == [["猫が"]] * 3  # only the heard word is active
-    assert rows(heard, pad) != rows(plain, pad)
-    model.generate(values, mask, hotwords=["猫", "東"], hotword_boost=BOOST, tokenizer=tiny_tokenizer)  # one character each
-    assert [list(r.trie.words) for r in model.last_hotwords.rows] == [["猫"]] * 3
+    heard = model.generate(values, mask, hotwords=["猫が", "東京で"], hotword_boost=BOOST, tokenizer=tiny_tokenizer,
+                           return_dict_in_generate=True)
+    assert [list(active) for active in heard.hotwords_active] == [["猫が"]] * 3  # only the heard word is active
+    assert rows(heard.sequences, pad) != rows(plain, pad)
+    single = model.generate(values, mask, hotwords=["猫", "東"], hotword_boost=BOOST, tokenizer=tiny_tokenizer,
+                            return_dict_in_generate=True)  # one character each
+    assert [list(active) for active in single.hotwords_active] == [["猫"]] * 3
 
 
 def test_no_hotwords_is_exactly_plain_decoding(tiny_tokenizer):
@@ -113,8 +120,9 @@ def test_no_hotwords_is_exactly_plain_decoding(tiny_tokenizer):
     values, mask = padded_batch()
     plain = model.generate(values, mask)
     for empty in ([], [[], [], []], None):
-        assert model.generate(values, mask, hotwords=empty, tokenizer=tiny_tokenizer).tolist() == plain.tolist()
-        assert model.last_hotwords is None
+        out = model.generate(values, mask, hotwords=empty, tokenizer=tiny_tokenizer, return_dict_in_generate=True)
+        assert out.sequences.tolist() == plain.tolist()
+        assert out.hotwords_active is None and out.hotword_scores is None
     some = model.generate(values, mask, hotwords=[[], WORDS, []], hotword_boost=BOOST, tokenizer=tiny_tokenizer)
     assert some[0].tolist()[: plain.shape[1]] == plain[0].tolist() and some[2].tolist()[: plain.shape[1]] == plain[2].tolist()
     zero = model.generate(values, mask, hotwords=WORDS, hotword_boost=0.0, tokenizer=tiny_tokenizer)
@@ -164,8 +172,10 @@ def test_a_model_without_a_ctc_head_warns_and_boosts_everywhere(tiny_tokenizer):
     values, mask = padded_batch()
     plain = model.generate(values, mask)
     with pytest.warns(UserWarning, match="no CTC head.*may appear in transcripts where they were not said"):
-        out = model.generate(values, mask, hotwords=WORDS, hotword_boost=BOOST, tokenizer=tiny_tokenizer)
-    assert out.tolist() != plain.tolist() and model.last_hotwords.scores is None
+        out = model.generate(values, mask, hotwords=WORDS, hotword_boost=BOOST, tokenizer=tiny_tokenizer,
+                             return_dict_in_generate=True)
+    assert out.sequences.tolist() != plain.tolist() and out.hotword_scores is None
+    assert out.hotwords_active == [dict.fromkeys(WORDS)] * 3  # every word, anywhere
     with pytest.raises(ValueError, match="hotword_threshold gates hotwords with the CTC head"):
         model.generate(values, mask, hotwords=WORDS, tokenizer=tiny_tokenizer, hotword_threshold=-1.0)
 

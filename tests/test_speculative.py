@@ -119,9 +119,11 @@ def test_constructed_drafts_give_plain_greedy_tokens(ctc_model, kind):
         "empty": [[] for _ in rows],
         "too_long": [row + row for row in rows],
     }[kind]
-    out = model.generate(values, mask, ctc_draft=True, draft_override=drafts)
-    torch.testing.assert_close(out, greedy, rtol=0, atol=0)
-    stats = model.last_generate_stats
+    out = model.generate(values, mask, ctc_draft=True, draft_override=drafts, return_dict_in_generate=True)
+    torch.testing.assert_close(out.sequences, greedy, rtol=0, atol=0)
+    stats = out.draft_stats
+    assert sum(stats["row_proposed"]) == sum(stats["proposed_tokens"].values())
+    assert sum(stats["row_accepted"]) == sum(stats["accepted_tokens"].values())
     assert stats["row_tokens"] == [len(strip(row, model.generation_config.pad_token_id)) for row in greedy]
     assert stats["llm_forward_passes"] <= greedy.shape[1]  # never more passes than plain greedy
     if kind == "right":
@@ -136,9 +138,10 @@ def test_constructed_drafts_give_plain_greedy_tokens(ctc_model, kind):
 
 def test_right_draft_with_a_small_window_still_takes_few_passes(ctc_model):
     model, values, mask, greedy = ctc_model
-    out = model.generate(values, mask, ctc_draft=True, draft_override=greedy_rows(model, greedy), ctc_draft_window=4)
-    torch.testing.assert_close(out, greedy, rtol=0, atol=0)
-    passes, tokens = model.last_generate_stats["llm_forward_passes"], greedy.shape[1]
+    out = model.generate(values, mask, ctc_draft=True, draft_override=greedy_rows(model, greedy), ctc_draft_window=4,
+                         return_dict_in_generate=True)
+    torch.testing.assert_close(out.sequences, greedy, rtol=0, atol=0)
+    passes, tokens = out.draft_stats["llm_forward_passes"], greedy.shape[1]
     assert passes <= 5 and tokens >= 20  # windows of 4, 8, 16: 5 + 9 + 17 tokens
 
 
@@ -172,10 +175,10 @@ def test_random_models_ctc_draft_equals_greedy(variant):
     model = build(**{"bridge_type": "ctc", **variant})
     values, mask = padded_batch(seed=variant["seed"])
     greedy = model.generate(values, mask)
-    out = model.generate(values, mask, ctc_draft=True)
-    torch.testing.assert_close(out, greedy, rtol=0, atol=0)
+    out = model.generate(values, mask, ctc_draft=True, return_dict_in_generate=True)
+    torch.testing.assert_close(out.sequences, greedy, rtol=0, atol=0)
     assert model.ctc_head.label_count == 100
-    assert model.last_generate_stats["draft_lengths"] == [
+    assert out.draft_stats["draft_lengths"] == [
         len(d) for d in ctc_drafts(model, model.encode_speech(values, mask, ctc_head=True))
     ]
     for i, n in enumerate(LENGTHS):  # one utterance at a time too
@@ -234,14 +237,14 @@ def test_character_draft_head_drafts_through_the_tokenizer(tiny_tokenizer, tiny_
         tiny_config("conv", tokenizer=tiny_tokenizer, ctc_head_config={"vocab": chars})).eval()
     values, mask = padded_batch()
     greedy = model.generate(values, mask)
-    out = model.generate(values, mask, ctc_draft=True, tokenizer=tiny_tokenizer)
-    torch.testing.assert_close(out, greedy, rtol=0, atol=0)
+    out = model.generate(values, mask, ctc_draft=True, tokenizer=tiny_tokenizer, return_dict_in_generate=True)
+    torch.testing.assert_close(out.sequences, greedy, rtol=0, atol=0)
     speech = model.encode_speech(values, mask, ctc_head=True)
     assert model.ctc_head.label_count == len(chars) and model.ctc_head.blank_id == len(chars)
     labels = model.ctc_head.greedy_labels(speech.ctc_logits, speech.frame_lengths)
     texts = ["".join(chars[i] for i in d) for d in labels]
     assert all(texts)  # the random head spells something, so the tokenizer's drafts are exercised
-    assert model.last_generate_stats["draft_lengths"] == [
+    assert out.draft_stats["draft_lengths"] == [
         len(tiny_tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     with pytest.raises(ValueError, match="needs the LLM's tokenizer .*tokenizer=processor.tokenizer"):
         model.generate(values, mask, ctc_draft=True)
@@ -258,8 +261,10 @@ def test_pipeline_generate_kwargs(tiny_tokenizer, tiny_feature_extractor):
     asr = HubertGptASRPipeline(model=model, tokenizer=tiny_tokenizer, feature_extractor=tiny_feature_extractor)
     audios = [make_audio(s, seed=i) for i, s in enumerate([1.0, 0.5, 0.7])]
     plain = [out["text"] for out in asr(audios, batch_size=3)]
+    outputs, generate = [], model.generate  # what generate returned to the pipeline, as a dict output
+    model.generate = lambda *args, **kwargs: outputs.append(generate(*args, return_dict_in_generate=True, **kwargs)) or outputs[-1]
     assert [out["text"] for out in asr(audios, batch_size=3, generate_kwargs={"ctc_draft": True})] == plain
-    assert model.last_generate_stats["llm_forward_passes"] >= 1
+    assert outputs[-1].draft_stats["llm_forward_passes"] >= 1
 
 
 FRESH = r"""
@@ -271,8 +276,8 @@ from transformers import AutoModelForSpeechSeq2Seq
 model = AutoModelForSpeechSeq2Seq.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
 values = torch.load(sys.argv[2])
 plain = model.generate(values["input_values"], values["attention_mask"])
-spec = model.generate(values["input_values"], values["attention_mask"], ctc_draft=True)
-print(json.dumps({"equal": bool(torch.equal(plain, spec)), "stats": model.last_generate_stats,
+spec = model.generate(values["input_values"], values["attention_mask"], ctc_draft=True, return_dict_in_generate=True)
+print(json.dumps({"equal": bool(torch.equal(plain, spec.sequences)), "stats": spec.draft_stats,
                   "module": type(model).__module__}))
 """
 
