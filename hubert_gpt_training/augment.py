@@ -10,6 +10,8 @@ DataLoader worker from a generator seeded by the crop's seed and the worker's to
 every epoch), so workers do not repeat each other's crops, nor their own from one epoch to the next.
 """
 
+import functools
+
 import numpy as np
 import torch
 
@@ -166,11 +168,19 @@ def telephone(audio, rate=16000):
     300-3400 Hz band (biquad high- and low-pass) and 8-bit mu-law companding, as G.711 does."""
     import torchaudio.functional as F
 
-    line = F.resample(torch.as_tensor(audio)[None], rate, 8000)
+    line = resampler(rate, 8000)(torch.as_tensor(audio)[None])
     line = F.lowpass_biquad(F.highpass_biquad(line, 8000, 300.0), 8000, 3400.0)
     peak = line.abs().max().clamp(min=1e-8)
     line = F.mu_law_decoding(F.mu_law_encoding(line / peak, 256), 256) * peak
-    return F.resample(line, 8000, rate)[0, : len(audio)].numpy()
+    return resampler(8000, rate)(line)[0, : len(audio)].numpy()
+
+
+@functools.lru_cache(maxsize=None)
+def resampler(source, target):
+    """torchaudio's Resample, its filter kernel computed once per pair of rates."""
+    import torchaudio
+
+    return torchaudio.transforms.Resample(source, target)
 
 
 class RoomAugment(PerWorkerRandom):
