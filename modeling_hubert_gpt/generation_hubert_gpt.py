@@ -229,9 +229,10 @@ class HubertGptGenerateOutput(ModelOutput):
     hubert-gpt's features decided; a feature that did not run leaves its fields None.
 
     speech_mass: B floats, the CTC head's non-blank mass (sum over frames of 1 - P(blank)); no_speech: B bools, the
-    no-speech guard took the row for silence (its sequence is eos, the LLM wrote nothing for it); ctc_lengths: B ints,
-    the CTC head's greedy hypothesis length (the loop guard's yardstick); loop_cuts: B ints or None, the index of the
-    eos the loop guard wrote where it cut a repetition; hotword_scores: B dicts {word: keyword score} (the gate's
+    no-speech guard took the row for silence (its sequence is eos, the LLM wrote nothing for it);
+    no_speech_doubted: B bools, the head heard nothing but the waveform rises like speech, so the LLM ran
+    (guards_hubert_gpt.DOUBT_SHARE); ctc_lengths: B ints, the CTC head's greedy hypothesis length (the loop guard's
+    yardstick); loop_cuts: B ints or None, the index of the eos the loop guard wrote where it cut a repetition; hotword_scores: B dicts {word: keyword score} (the gate's
     evidence); hotwords_active: B dicts {word: (lowest, highest)}, the active words and how many characters may come
     before each (None: anywhere, without the gate); draft_stats: ctc_draft=True's counts (speculative_hubert_gpt.py).
     """
@@ -246,6 +247,7 @@ class HubertGptGenerateOutput(ModelOutput):
     cache: object | None = None  # the KV cache (transformers 5 calls it cache; past_key_values is its old name)
     speech_mass: list | None = None
     no_speech: list | None = None
+    no_speech_doubted: list | None = None
     ctc_lengths: list | None = None
     loop_cuts: list | None = None
     hotword_scores: list | None = None

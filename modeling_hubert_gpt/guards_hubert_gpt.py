@@ -8,7 +8,12 @@ the same audio frame by frame and has no language model to please, so for models
   labels the head expects to hear) is below the threshold is taken as silence: its transcript is empty (eos, then
   padding). When generate returns tokens only, the LLM does not run for it (the other rows of a batch go on); with
   transformers' dict outputs (scores, hidden states, ...) the row stays in the batch and `NoSpeechLogitsProcessor`
-  makes its first token eos, so every row has its outputs. Either way the same tokens.
+  makes its first token eos, so every row has its outputs. Either way the same tokens. The head is not trusted
+  alone: a head that cannot hear speech through noise or a room it never met would throw that speech away. So the
+  waveform is a second witness (`sound_hubert_gpt.rising_share`): when at least DOUBT_SHARE of an utterance's frames
+  rise RISE_DB above its own floor (speech does, through steady noise; silence, hiss, hum and room tone do not), the
+  guard doubts the head, the LLM decides (trained with non-speech rows, it writes nothing for sound without speech),
+  the loop guard does not cap the row by the head's length, and the output says so (`no_speech_doubted`).
 - Loop guard (`loop_guard`, True unless the generation config or the call says False): an utterance stops after
   int(LOOP_RATIO * n + LOOP_BASE) new tokens, n the length of the CTC head's greedy hypothesis (characters or
   tokens; an LLM token spells at least one character, so this leaves room for everything the head heard), on top
@@ -31,6 +36,7 @@ import torch
 from transformers import LogitsProcessor
 
 LOOP_RATIO, LOOP_BASE = 1.5, 8
+DOUBT_SHARE = 0.1  # frames rising above the floor: speech at 10 dB SNR has ~0.4, steady noise 0 (sound_hubert_gpt)
 MIN_REPEATS, MAX_REPEAT_UNIT = 3, 8
 
 
@@ -42,37 +48,56 @@ class Guards:
     loop_guard: bool
     speech_mass: list | None = None  # B floats: sum over real frames of 1 - P(blank)
     hypothesis_lengths: list | None = None  # B ints: CTC greedy hypothesis length
+    sound_share: list | None = None  # B floats: the waveform's rising frames (None: the waveform was not given)
 
     @property
     def needs_ctc_head(self):
         return self.no_speech_threshold is not None or self.loop_guard
 
-    def read(self, ctc_head, log_probs, frame_lengths, hypotheses):
-        """Collect the evidence from the CTC head's log-posteriors (B, T, C) over frame_lengths (B,) and its greedy
-        hypotheses (B label lists)."""
+    def read(self, ctc_head, log_probs, frame_lengths, hypotheses, sound_share=None):
+        """Collect the evidence from the CTC head's log-posteriors (B, T, C) over frame_lengths (B,), its greedy
+        hypotheses (B label lists) and the waveform's rising share (B floats, or None)."""
         if not self.needs_ctc_head:
             return self
+        self.sound_share = sound_share
         blank = log_probs[..., ctc_head.blank_id].exp()  # (B, T)
         real = torch.arange(blank.shape[1], device=blank.device) < frame_lengths.to(blank.device)[:, None]
         self.speech_mass = ((1 - blank) * real).sum(-1).tolist()
         self.hypothesis_lengths = [len(h) for h in hypotheses]
         return self
 
-    def silent(self):
-        """Per row whether the no-speech guard takes it for silence (None without the guard)."""
+    def unheard(self):
+        """Per row whether the CTC head heard less than the threshold (None without the no-speech guard)."""
         if self.no_speech_threshold is None or self.speech_mass is None:
             return None
         return [mass < self.no_speech_threshold for mass in self.speech_mass]
 
+    def doubted(self):
+        """Per row whether the head heard nothing but the waveform rises like speech: the LLM decides (None without
+        the no-speech guard)."""
+        unheard = self.unheard()
+        if unheard is None:
+            return None
+        shares = self.sound_share or [0.0] * len(unheard)
+        return [quiet and share >= DOUBT_SHARE for quiet, share in zip(unheard, shares)]
+
+    def silent(self):
+        """Per row whether the no-speech guard takes it for silence (None without the guard)."""
+        unheard, doubted = self.unheard(), self.doubted()
+        return None if unheard is None else [quiet and not doubt for quiet, doubt in zip(unheard, doubted)]
+
     def select(self, rows):
-        return Guards(self.no_speech_threshold, self.loop_guard,
-                      [self.speech_mass[b] for b in rows], [self.hypothesis_lengths[b] for b in rows])
+        pick = (lambda values: None if values is None else [values[b] for b in rows])
+        return Guards(self.no_speech_threshold, self.loop_guard, pick(self.speech_mass),
+                      pick(self.hypothesis_lengths), pick(self.sound_share))
 
     def cap(self, bounds):
-        """The loop guard's per-row bound on new tokens, on top of `bounds` (generation_hubert_gpt.Bounds)."""
+        """The loop guard's per-row bound on new tokens, on top of `bounds` (generation_hubert_gpt.Bounds); a row the
+        guard doubts keeps its bound (the head's length is no yardstick where it heard nothing)."""
         if self.loop_guard:
-            bounds.max_new = [min(int(m), int(LOOP_RATIO * n + LOOP_BASE))
-                              for m, n in zip(bounds.max_new, self.hypothesis_lengths)]
+            doubted = self.doubted() or [False] * len(self.hypothesis_lengths)
+            bounds.max_new = [int(m) if doubt else min(int(m), int(LOOP_RATIO * n + LOOP_BASE))
+                              for m, n, doubt in zip(bounds.max_new, self.hypothesis_lengths, doubted)]
             bounds.per_utterance = True
         return bounds
 

@@ -37,6 +37,7 @@ from .generation_hubert_gpt import (
     resolve_generation,
 )
 from .guards_hubert_gpt import Guards, NoSpeechLogitsProcessor, fill_silent_rows
+from .sound_hubert_gpt import rising_share
 from .hotwords_hubert_gpt import build_hotwords, resolve_hotwords
 
 DEFAULT_CTC_LOSS_WEIGHT = 0.3
@@ -440,11 +441,15 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
                                  "encode_speech(..., ctc_head=True)")
             log_probs = speech.ctc_logits.float().log_softmax(-1)  # (B, T, C), once: guards, hotwords, drafts read it
             hypotheses = self.ctc_head.greedy_labels(log_probs, speech.frame_lengths)
-        guards.read(self.ctc_head, log_probs, speech.frame_lengths, hypotheses)
+        sound = None  # the guard's second witness, from the waveform (not given: the head alone)
+        if guards.no_speech_threshold is not None and input_values is not None and log_probs is not None:
+            sound = rising_share(input_values.reshape(batch, -1), speech.sample_lengths,
+                                 self.config.sampling_rate).tolist()
+        guards.read(self.ctc_head, log_probs, speech.frame_lengths, hypotheses, sound)
         boosts = None if words is None else build_hotwords(self, *words, tokenizer, log_probs, speech.frame_lengths)
         check_duration(self, speech.sample_lengths)
         silent = guards.silent()
-        decisions = {"speech_mass": guards.speech_mass, "no_speech": silent,
+        decisions = {"speech_mass": guards.speech_mass, "no_speech": silent, "no_speech_doubted": guards.doubted(),
                      "ctc_lengths": None if hypotheses is None else [len(h) for h in hypotheses],
                      "hotword_scores": None if boosts is None else boosts.scores,
                      "hotwords_active": None if boosts is None else boosts.active()}

@@ -2,7 +2,9 @@
 audio longer than the model takes is refused by generate and chunked by the pipeline."""
 
 import logging
+import types
 
+import numpy as np
 import pytest
 import torch
 from helpers import make_audio
@@ -11,7 +13,7 @@ from test_model import padded_batch, strip
 from hubert_gpt_training.tiny import tiny_config
 from modeling_hubert_gpt import HubertGptASRPipeline, HubertGptForConditionalGeneration
 from modeling_hubert_gpt.duration_hubert_gpt import fits, longest_input_samples, positions_needed
-from modeling_hubert_gpt.guards_hubert_gpt import LOOP_BASE, LOOP_RATIO, repeat_cut
+from modeling_hubert_gpt.guards_hubert_gpt import LOOP_BASE, LOOP_RATIO, Guards, repeat_cut
 
 
 def build(bridge_type="ctc", seed=0):
@@ -69,12 +71,50 @@ def test_silence_through_the_pipeline_is_empty_text_without_an_llm_pass(tiny_tok
         model.ctc_head.out.bias[model.ctc_head.blank_id] = 100.0
     asr = HubertGptASRPipeline(model=model, tokenizer=tiny_tokenizer, feature_extractor=tiny_feature_extractor)
     batches = count_llm_batches(model)
-    silence = [0 * make_audio(1.0, seed=0), make_audio(2.0, seed=1)]
+    hiss = 0.05 * np.random.default_rng(1).standard_normal(32000).astype(np.float32)  # steady: it never rises
+    silence = [0 * make_audio(1.0, seed=0), hiss]
     assert asr(silence, batch_size=2) == [{"text": ""}, {"text": ""}]
     assert asr(silence[0], return_timestamps="char") == {"text": "", "chunks": []}
     assert batches == []
     assert asr(silence[1], no_speech_threshold=None)["text"]  # the guard off: the random LLM writes something
     assert batches
+
+
+def test_a_deaf_head_is_doubted_where_the_waveform_rises_like_speech(tiny_tokenizer, tiny_feature_extractor):
+    """The head hears blank everywhere; the waveform is the second witness: steady hiss is silence (eos, no LLM
+    pass), a sound that rises and falls (make_audio's enveloped glides, as speech does) is doubted: the LLM writes
+    what it writes with the guard off, and the output says the guard doubted the head."""
+    from modeling_hubert_gpt.sound_hubert_gpt import rising_share
+
+    torch.manual_seed(0)
+    model = HubertGptForConditionalGeneration(
+        tiny_config("conv", tokenizer=tiny_tokenizer, ctc_head_config={"vocab": list("あいうえお")})).eval()
+    with torch.no_grad():
+        model.ctc_head.out.bias[model.ctc_head.blank_id] = 100.0
+    hiss = 0.05 * np.random.default_rng(1).standard_normal(32000).astype(np.float32)
+    audio = [hiss, make_audio(2.0, seed=1), 0 * hiss]
+    inputs = tiny_feature_extractor(audio, sampling_rate=16000, return_tensors="pt", padding=True,
+                                    return_attention_mask=True)
+    values, mask = inputs["input_values"], inputs["attention_mask"]
+    shares = rising_share(values, mask.sum(-1))
+    assert shares[0] == 0 and shares[1] >= 0.1 and shares[2] == 0
+    out = model.generate(values, mask, loop_guard=False, return_dict_in_generate=True)
+    off = model.generate(values, mask, no_speech_threshold=None, loop_guard=False)
+    pad, eos = model.generation_config.pad_token_id, model.generation_config.eos_token_id
+    assert out.no_speech == [True, False, True] and out.no_speech_doubted == [False, True, False]
+    assert strip(out.sequences[0], pad) == strip(out.sequences[2], pad) == [eos]
+    assert strip(out.sequences[1], pad) == strip(off[1], pad)
+    batches = count_llm_batches(model)
+    tokens = model.generate(values, mask, loop_guard=False)  # tokens only: the LLM runs for the doubted row alone
+    assert set(batches) == {1} and tokens.tolist() == out.sequences.tolist()
+    asr = HubertGptASRPipeline(model=model, tokenizer=tiny_tokenizer, feature_extractor=tiny_feature_extractor)
+    texts = [o["text"] for o in asr(audio, batch_size=3, loop_guard=False)]
+    assert texts == ["", tiny_tokenizer.decode(off[1], skip_special_tokens=True), ""]
+    # the loop guard's cap by the head's length (0 here) is lifted for the doubted row, kept for the others
+    guards = Guards(1.0, True, speech_mass=[0.0, 0.0, 5.0], hypothesis_lengths=[0, 0, 4], sound_share=[0.0, 0.5, 0.0])
+    bounds = guards.cap(types.SimpleNamespace(max_new=[40, 40, 40], per_utterance=False))
+    assert bounds.max_new == [LOOP_BASE, 40, int(LOOP_RATIO * 4 + LOOP_BASE)]
+    assert guards.silent() == [True, False, False] and guards.doubted() == [False, True, False]
 
 
 def looping_model(token=7):
