@@ -22,12 +22,10 @@ and widened over the sound around it (`widen_to_sound`), so a sentence starts an
 Remote code: imports torch only at the top; torchaudio (and SudachiPy for Japanese words) where they are used.
 """
 
-import math
-
 import torch
 
 from .ctc_head_hubert_gpt import require_ctc_head
-from .segments_hubert_gpt import quiet_frames
+from .frames_hubert_gpt import batch_quiet, seconds_per_frame
 
 LEVELS = ("char", "word", True)
 PAUSE_SECONDS = 0.5  # return_timestamps=True: a pause this long between two characters starts a new segment
@@ -50,18 +48,6 @@ def check_level(level):
     if level not in LEVELS:
         raise ValueError(f'return_timestamps must be "char", "word" or True, got {level!r}')
     return level
-
-
-def samples_per_frame(model):
-    """Audio samples per encoder frame (HuBERT's conv stack: 320)."""
-    return math.prod(model.audio_tower.strides)
-
-
-def seconds_per_frame(model):
-    """Seconds between two encoder frames (HuBERT's conv stack: 320 samples, 20 ms at 16 kHz)."""
-    return samples_per_frame(model) / model.config.sampling_rate
-
-
 
 
 # --- labels of a transcript ------------------------------------------------------------------------------------------
@@ -249,10 +235,3 @@ def align(model, input_values, attention_mask=None, transcripts=None, tokenizer=
     quiet = batch_quiet(model, input_values, attention_mask, posteriors.log_probs.shape[1])
     return align_texts(model, posteriors.log_probs, posteriors.frame_lengths, list(transcripts), level, tokenizer,
                        quiet=quiet)
-
-
-def batch_quiet(model, input_values, attention_mask, num_frames):
-    """(B, num_frames) bool: `quiet_frames` of each row of input_values (B, S) over its own samples."""
-    hop = samples_per_frame(model)
-    samples = [input_values.shape[1]] * len(input_values) if attention_mask is None else attention_mask.sum(-1).tolist()
-    return torch.stack([quiet_frames(row[: int(n)].cpu(), hop, num_frames) for row, n in zip(input_values, samples)])

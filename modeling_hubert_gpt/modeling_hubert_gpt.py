@@ -21,10 +21,13 @@ from transformers import (
 )
 from transformers.utils import ModelOutput, can_return_tuple
 
+from .alignment_hubert_gpt import align
 from .audio_encoder_hubert_gpt import HubertGptAudioEncoder
 from .bridges_hubert_gpt import bridge_class
+from .cache_hubert_gpt import cache_keyword, new_cache
 from .configuration_hubert_gpt import HubertGptConfig
 from .ctc_head_hubert_gpt import HubertGptCtcHead
+from .duration_hubert_gpt import check_duration
 from .generation_hubert_gpt import (
     BOUND_DEFAULTS,
     PerUtteranceLimit,
@@ -32,7 +35,10 @@ from .generation_hubert_gpt import (
     max_new_tokens_for,
     resolve_generation,
 )
+from .guards_hubert_gpt import fill_silent_rows, resolve_guards
 from .hotwords_hubert_gpt import build_hotwords, resolve_hotwords
+from .pipeline_hubert_gpt import register_pipeline_in_config
+from .speculative_hubert_gpt import ctc_draft_generate
 
 DEFAULT_CTC_LOSS_WEIGHT = 0.3
 
@@ -134,8 +140,6 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Also records the ASR pipeline in config.json, so the folder works with `pipeline(..., trust_remote_code=True)`."""
-        from .pipeline_hubert_gpt import register_pipeline_in_config  # a relative import: the file is saved alongside
-
         register_pipeline_in_config(self.config)
         # custom_object_save adds the AutoModelForSpeechSeq2Seq entry; plain AutoModel opens the same class.
         name = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
@@ -246,8 +250,6 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         """Timestamps of `transcripts` (B strings, or token ids with `tokenizer`) in audio (B, S), read from the CTC
         head: per utterance a list of {"text", "timestamp": (start_s, end_s)} per character, word (level="word") or
         segment (level=True). See alignment_hubert_gpt.py (needs torchaudio)."""
-        from .alignment_hubert_gpt import align  # a relative import: the file is saved alongside
-
         return align(self, input_values, attention_mask, transcripts, tokenizer, level)
 
     def pack_prompt(self, speech, speech_lengths, text_ids=None, left_pad=False):
@@ -351,9 +353,6 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         `speech_prompt`: this audio's `encode_speech(..., ctc_head=True)`, computed once
         by a caller that reads the CTC head too (the pipeline's timestamps).
         """
-        from .duration_hubert_gpt import check_duration  # relative imports: the files are saved alongside
-        from .guards_hubert_gpt import fill_silent_rows, resolve_guards
-
         kwargs.pop("labels", None)  # Seq2SeqTrainer passes the training batch; transcripts are not a prompt here
         kwargs.pop("ctc_targets", None)
         refused = {"assistant_model": "transformers would call the assistant without the audio",
@@ -410,8 +409,6 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         bounds = guards.cap(bounds)
         hotwords = hotwords if hotwords is not None and hotwords.any else None
         if ctc_draft:
-            from .speculative_hubert_gpt import ctc_draft_generate  # a relative import: the file is saved alongside
-
             tokens = ctc_draft_generate(self, speech, embeds, prompt_mask, position_ids, config, bounds, kwargs,
                                         hotwords=hotwords, **draft_options)
         else:
@@ -436,8 +433,6 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         if (config.num_beams == 1 and config.use_cache is not False and config.cache_implementation is None
                 and not {"cache", "past_key_values"} & set(kwargs)):
             # a KV cache that appends in place (beam search reorders its cache every step: it keeps the default)
-            from .cache_hubert_gpt import cache_keyword, new_cache  # a relative import: the file is saved alongside
-
             kwargs[cache_keyword(self.language_model)[0]] = new_cache(self.language_model)
         return self.language_model.generate(inputs_embeds=embeds, attention_mask=prompt_mask, position_ids=position_ids,
                                             generation_config=llm_generation_config(config), **kwargs)

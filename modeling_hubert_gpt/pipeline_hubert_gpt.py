@@ -29,8 +29,12 @@ import numpy as np
 import torch
 from transformers import Pipeline, logging
 
+from .alignment_hubert_gpt import align_texts, check_level, load_torchaudio
 from .ctc_head_hubert_gpt import require_ctc_head
+from .duration_hubert_gpt import fits, longest_input_samples
+from .frames_hubert_gpt import batch_quiet, chunk_spans, samples_per_frame, seconds_per_frame, stitch_posteriors
 from .processing_hubert_gpt import to_mono_float32
+from .segments_hubert_gpt import cut_at_pauses, split_piece, stopped_early
 
 TASK = "automatic-speech-recognition"
 logger = logging.get_logger(__name__)
@@ -85,25 +89,6 @@ def join_pieces(texts):
             out += "" if ord(out[-1]) >= 0x3000 and ord(text[0]) >= 0x3000 else " "
         out += text
     return out
-
-
-def chunk_spans(num_samples, chunk_len, overlap, multiple=1):
-    """(start, end) sample spans of chunks of `chunk_len` samples covering `num_samples`, consecutive ones sharing at
-    least `overlap` samples.
-
-    The last chunk is moved back so it ends at `num_samples` and is about as long as the others (a short tail chunk
-    could be below the model's minimum input and would give it little context); it then overlaps its neighbour by more.
-    Every start is a multiple of `multiple` when chunk_len - overlap is (the encoder's hop: chunk frames then fall on
-    the whole audio's frames), so the last chunk may be up to `multiple` - 1 samples longer.
-    """
-    step = chunk_len - overlap
-    if step <= 0:
-        raise ValueError(f"chunk length ({chunk_len} samples) must exceed the overlap ({overlap} samples)")
-    if num_samples <= chunk_len:
-        return [(0, num_samples)]
-    last = (num_samples - chunk_len) // multiple * multiple
-    starts = list(range(0, last, step)) + [last]
-    return [(start, min(start + chunk_len, num_samples)) for start in starts[:-1]] + [(last, num_samples)]
 
 
 # --- audio loading ------------------------------------------------------------------------------------------------
@@ -180,23 +165,6 @@ def _resample(audio, rate, target_rate):
         ) from err
     g = math.gcd(int(rate), int(target_rate))
     return resample_poly(audio, target_rate // g, int(rate) // g).astype(np.float32)
-
-
-def stitch_posteriors(chunks, hop):
-    """One input's CTC log-posteriors from its chunks' [(first sample, input samples, (T_k, C))], in chunk order:
-    (T, C) on the whole input's frames. Each chunk gives the frames up to the middle of its overlap with the next (its
-    first sample a multiple of `hop`: its frame t is the input's frame start / hop + t)."""
-    parts, done = [], 0  # done: global frames taken so far
-    for k, (start, _, log_probs) in enumerate(chunks):
-        first = start // hop
-        if k + 1 < len(chunks):
-            chunk_end = first + len(log_probs)
-            stop = (chunks[k + 1][0] // hop + chunk_end) // 2  # the middle of the overlap
-        else:
-            stop = first + len(log_probs)
-        parts.append(log_probs[done - first : stop - first])
-        done = stop
-    return torch.cat(parts)
 
 
 # --- the pipeline -------------------------------------------------------------------------------------------------
@@ -329,7 +297,6 @@ class HubertGptASRPipeline(Pipeline):
         **more_generate_kwargs,
     ):
         if return_timestamps is not None and return_timestamps is not False:
-            from .alignment_hubert_gpt import check_level, load_torchaudio
             require_ctc_head(self.model, "Timestamps come from")
             check_level(return_timestamps)
             load_torchaudio()  # a missing or mismatched torchaudio fails before any audio is read
@@ -376,14 +343,10 @@ class HubertGptASRPipeline(Pipeline):
         return chunk_len, overlap
 
     def _hop(self):
-        from .alignment_hubert_gpt import samples_per_frame
-
         return samples_per_frame(self.model) if hasattr(self.model, "audio_tower") else 1
 
     def _auto_chunk_length_s(self, num_samples):
         """chunk_length_s for audio longer than the model takes (duration_hubert_gpt.py), or None when it fits."""
-        from .duration_hubert_gpt import fits, longest_input_samples
-
         if not hasattr(self.model, "audio_tower") or fits(self.model, num_samples):
             return None
         longest = longest_input_samples(self.model)
@@ -419,8 +382,6 @@ class HubertGptASRPipeline(Pipeline):
         else:  # split at pauses only: the input fits, so one window reads it and a piece may be all of it
             chunk_len = -(-len(audio) // self._hop()) * self._hop()
         if getattr(self.model, "ctc_head", None) is not None and (split_at_pauses or len(audio) > chunk_len):
-            from .segments_hubert_gpt import cut_at_pauses
-
             spans, whole, quiet = cut_at_pauses(self.model, self.feature_extractor, audio, chunk_len, self._hop())
             chunks = [_Chunk(audio[start:end], start, len(audio)) for start, end in spans]
             chunks[0].whole_posteriors, chunks[0].whole_quiet = whole, quiet
@@ -483,8 +444,6 @@ class HubertGptASRPipeline(Pipeline):
         attention_mask = features["attention_mask"].to(self.device, torch.long)  # (B, S)
         speech = {}
         if read_head or early_stop_split:  # the CTC head read once: for the guards, timestamps and early stops
-            from .alignment_hubert_gpt import batch_quiet
-
             speech["speech_prompt"] = self.model.encode_speech(input_values, attention_mask, ctc_head=True)
             log_probs = speech["speech_prompt"].ctc_logits.float().log_softmax(-1).cpu()  # (B, T, C)
             quiet = batch_quiet(self.model, input_values, attention_mask, log_probs.shape[1])  # (B, T)
@@ -512,9 +471,6 @@ class HubertGptASRPipeline(Pipeline):
     def _early_stop_parts(self, ids, chunk):
         """[] or the two _Chunks of `chunk` cut at its longest inner pause when its transcript (token `ids`, from
         `transcript_ids`) stopped early."""
-        from .alignment_hubert_gpt import seconds_per_frame
-        from .segments_hubert_gpt import split_piece, stopped_early
-
         head = self.model.ctc_head
         written = len(ids) if head.vocab is None else len(head.char_ids(self.tokenizer.decode(ids)))
         heard = len(head.greedy_labels(chunk.posteriors[None], torch.tensor([len(chunk.posteriors)]))[0])
@@ -570,8 +526,6 @@ class HubertGptASRPipeline(Pipeline):
         outputs = [{"text": decode(merge_chunk_tokens(c)) if p[0].overlapping else join_pieces(map(decode, c))}
                    for c, p in zip(chunks, pieces)]
         if return_timestamps:
-            from .alignment_hubert_gpt import align_texts
-
             hop = self._hop()
             stitched = [p[0].whole_posteriors if p[0].whole_posteriors is not None else
                         stitch_posteriors([(c.start, c.total, c.posteriors) for c in p], hop) for p in pieces]
