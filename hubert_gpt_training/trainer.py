@@ -36,22 +36,28 @@ class HubertGptTrainer(Seq2SeqTrainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
         """Seq2SeqTrainer's generating evaluation takes its loss from a bare `model(**inputs)`; here it comes from
-        `compute_loss`, with this trainer's CTC settings (`generate` gets the audio only)."""
+        `compute_loss`, with this trainer's CTC settings, through Trainer's own loss-only step (the public route to
+        its input preparation and label count); `generate` gets the audio only."""
         if not self.args.predict_with_generate or prediction_loss_only or "labels" not in inputs:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
         audio_only = {k: v for k, v in inputs.items() if k not in ("labels", "ctc_targets")}
         _, tokens, _ = super().prediction_step(model, audio_only, False, ignore_keys=ignore_keys, **gen_kwargs)
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs).detach().mean()
+        loss, _, _ = super().prediction_step(model, inputs, True, ignore_keys=ignore_keys)  # compute_loss, as Trainer
         if self.args.prediction_loss_only:
             return loss, None, None
         labels, config = inputs["labels"], self.model.generation_config  # padded as Seq2SeqTrainer pads them
         if labels.shape[-1] < config.max_length:
-            labels = self._pad_tensors_to_max_len(labels, config.max_length)
+            labels = self.pad_labels(labels, config.max_length)
         elif config.max_new_tokens is not None and labels.shape[-1] < config.max_new_tokens + 1:
-            labels = self._pad_tensors_to_max_len(labels, config.max_new_tokens + 1)
+            labels = self.pad_labels(labels, config.max_new_tokens + 1)
         return loss, tokens, labels
+
+    def pad_labels(self, labels, length):
+        """labels (B, N) -> (B, length), padded with the pad id Seq2SeqTrainer pads generated tokens with (the
+        processor's, else the model's generation pad id)."""
+        pad_id = getattr(self.processing_class, "pad_token_id", None)
+        pad_id = self.model.generation_config.pad_token_id if pad_id is None else pad_id
+        return torch.nn.functional.pad(labels, (0, length - labels.shape[-1]), value=pad_id)
 
     def log(self, logs, *args, **kwargs):
         if "loss" in logs:

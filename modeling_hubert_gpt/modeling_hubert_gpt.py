@@ -25,7 +25,7 @@ from .alignment_hubert_gpt import align
 from .audio_encoder_hubert_gpt import HubertGptAudioEncoder
 from .bridges_hubert_gpt import bridge_class
 from .cache_hubert_gpt import cache_keyword, new_cache
-from .configuration_hubert_gpt import HubertGptConfig
+from .configuration_hubert_gpt import HubertGptConfig, attn_implementations
 from .ctc_head_hubert_gpt import HubertGptCtcHead
 from .duration_hubert_gpt import check_duration
 from .generation_hubert_gpt import (
@@ -129,8 +129,7 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
             text_model = AutoModelForCausalLM.from_pretrained(text_model, dtype=dtype)
         # The parts' attention implementations (sdpa, ...): composing their configs resets them to None, and a
         # GPT-NeoX without one ignores the attention mask of left-padded batches (tests/test_rinna_standins.py).
-        implementations = {"audio_config": audio_model.config._attn_implementation,
-                           "text_config": text_model.config._attn_implementation}
+        implementations = attn_implementations(audio_model.config, text_model.config)
         config = HubertGptConfig(
             audio_config=audio_model.config, text_config=text_model.config, bridge_type=bridge_type, **config_kwargs
         )
