@@ -581,7 +581,7 @@ class HubertGptASRPipeline(Pipeline):
     def save_pretrained(self, save_directory, **kwargs):
         """`Pipeline.save_pretrained` (model, tokenizer, feature extractor), plus what makes the folder open with this
         class: `custom_pipelines` in config.json, and the remote-code files (this folder's `*_hubert_gpt.py`: the
-        ones this file imports, lazily too).
+        ones this file imports, and theirs).
 
         The base class writes those only for a class registered with `PIPELINE_REGISTRY.register_pipeline`, which
         would also replace the stock automatic-speech-recognition pipeline for every model in the process.

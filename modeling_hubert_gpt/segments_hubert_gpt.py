@@ -97,12 +97,12 @@ def split_piece(log_probs, blank_id, quiet, hop, frame_s, num_samples, shortest)
     return [edges_in_pauses(s, e, runs, hop, num_samples, num_samples, margin) for s, e in ((0, cut), (cut, num_samples))]
 
 
-def pause_segments(log_probs, blank_id, max_frames, frame_s, quiet=None):
+def pause_segments(log_probs, blank_id, max_frames, frame_s, quiet=None, runs=None):
     """(start, end) frame spans covering log_probs' (T, C) T frames, cut in the middle of each pause of at least
     PAUSE_SECONDS between two frames where the head writes a label, and then to at most max_frames each. A pause
     frame: blank above PAUSE_BLANK_PROB and, where `quiet` ((T,) bool) is given, quiet (and a frame with a label
-    counts as speech only where it is not quiet)."""
-    runs = pauses(log_probs, blank_id, quiet)
+    counts as speech only where it is not quiet). `runs`: those frames' runs (`pauses`), when the caller has them."""
+    runs = pauses(log_probs, blank_id, quiet) if runs is None else runs
     cuts = [(a + b) // 2 for a, b in inner_runs(log_probs, blank_id, quiet, runs, PAUSE_SECONDS / frame_s)]
     bounds = [0] + cuts + [len(log_probs)]
     segments = []
@@ -132,7 +132,9 @@ def cut_at_pauses(model, feature_extractor, audio, chunk_len, hop):
     overlap = min(chunk_len // 3 // hop * hop, 2 * model.config.sampling_rate // hop * hop)
     log_probs = whole_posteriors(model, values, chunk_len, overlap, hop)
     quiet = quiet_frames(values, hop, len(log_probs))
-    segments = pause_segments(log_probs, model.ctc_head.blank_id, chunk_len // hop, seconds_per_frame(model), quiet)
+    runs = pauses(log_probs, model.ctc_head.blank_id, quiet)
+    segments = pause_segments(log_probs, model.ctc_head.blank_id, chunk_len // hop, seconds_per_frame(model), quiet,
+                              runs)
     cuts = [a * hop for a, _ in segments[1:]]
     shortest = model.min_input_samples
     kept = []  # cuts that leave every piece at least the model's shortest input
@@ -140,7 +142,6 @@ def cut_at_pauses(model, feature_extractor, audio, chunk_len, hop):
         if cut - (kept[-1] if kept else 0) >= shortest and len(audio) - cut >= shortest:
             kept.append(cut)
     edges = [0] + kept + [len(audio)]
-    runs = pauses(log_probs, model.ctc_head.blank_id, quiet)
     margin = round(PIECE_MARGIN_SECONDS / seconds_per_frame(model))
     pieces = [edges_in_pauses(a, b, runs, hop, chunk_len, len(audio), margin) for a, b in zip(edges, edges[1:])]
     return pieces, log_probs, quiet
