@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timestamps import cer, load_split  # noqa: E402  (bench/timestamps.py: the test split and the CER)
+from timestamps import cer, load_split, model_and_split_arguments  # noqa: E402  (the split, its CER)
 
 READERS = {"combined": None, "llm": lambda llm, ctc: llm, "ctc": lambda llm, ctc: ctc}
 
@@ -93,10 +93,7 @@ def decoded(asr, inputs, batch_size):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="a trained hubert-gpt folder with a CTC head")
-    parser.add_argument("--dataset", required=True, help="a datasets.save_to_disk folder with audio + transcription")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--utterances", type=int, default=0, help="how many (default: the whole split)")
+    model_and_split_arguments(parser)
     parser.add_argument("--snr_db", type=float, nargs="*", default=[10.0, 0.0], help="noisy conditions (default 10 0)")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
