@@ -36,13 +36,16 @@ class HubertGptTrainer(Seq2SeqTrainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
         """Seq2SeqTrainer's generating evaluation takes its loss from a bare `model(**inputs)`; here it comes from
-        `compute_loss`, with this trainer's CTC settings, through Trainer's own loss-only step (the public route to
-        its input preparation and label count); `generate` gets the audio only."""
+        `compute_loss`, with this trainer's CTC settings (`generate` gets the audio only)."""
         if not self.args.predict_with_generate or prediction_loss_only or "labels" not in inputs:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
         audio_only = {k: v for k, v in inputs.items() if k not in ("labels", "ctc_targets")}
         _, tokens, _ = super().prediction_step(model, audio_only, False, ignore_keys=ignore_keys, **gen_kwargs)
-        loss, _, _ = super().prediction_step(model, inputs, True, ignore_keys=ignore_keys)  # compute_loss, as Trainer
+        # On the device as Trainer's own step puts them (its dataloader already has); the encoder casts the audio to
+        # its dtype itself. No num_items_in_batch: this batch's mean, as the generating step always gave.
+        inputs = {k: v.to(self.args.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs).detach().mean()
         if self.args.prediction_loss_only:
             return loss, None, None
         labels, config = inputs["labels"], self.model.generation_config  # padded as Seq2SeqTrainer pads them
