@@ -154,12 +154,17 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def model_and_split_arguments(parser):
+    """--model, --dataset, --split, --utterances: a trained folder and the split of its corpus to measure on."""
     parser.add_argument("--model", required=True, help="a trained hubert-gpt folder with a CTC head")
     parser.add_argument("--dataset", required=True, help="a datasets.save_to_disk folder with audio + transcription")
     parser.add_argument("--split", default="test")
     parser.add_argument("--utterances", type=int, default=0, help="how many (default: the whole split)")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    model_and_split_arguments(parser)
     parser.add_argument("--per_file", type=int, default=4, help="sentences per joined file (default 4)")
     parser.add_argument("--long_s", type=float, default=60.0, help="the long file's least length in seconds")
     parser.add_argument("--batch_size", type=int, default=16)

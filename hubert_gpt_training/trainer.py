@@ -41,17 +41,26 @@ class HubertGptTrainer(Seq2SeqTrainer):
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
         audio_only = {k: v for k, v in inputs.items() if k not in ("labels", "ctc_targets")}
         _, tokens, _ = super().prediction_step(model, audio_only, False, ignore_keys=ignore_keys, **gen_kwargs)
-        inputs = self._prepare_inputs(inputs)
+        # On the device as Trainer's own step puts them (its dataloader already has); the encoder casts the audio to
+        # its dtype itself. No num_items_in_batch: this batch's mean, as the generating step always gave.
+        inputs = {k: v.to(self.args.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs).detach().mean()
         if self.args.prediction_loss_only:
             return loss, None, None
         labels, config = inputs["labels"], self.model.generation_config  # padded as Seq2SeqTrainer pads them
         if labels.shape[-1] < config.max_length:
-            labels = self._pad_tensors_to_max_len(labels, config.max_length)
+            labels = self.pad_labels(labels, config.max_length)
         elif config.max_new_tokens is not None and labels.shape[-1] < config.max_new_tokens + 1:
-            labels = self._pad_tensors_to_max_len(labels, config.max_new_tokens + 1)
+            labels = self.pad_labels(labels, config.max_new_tokens + 1)
         return loss, tokens, labels
+
+    def pad_labels(self, labels, length):
+        """labels (B, N) -> (B, length), padded with the pad id Seq2SeqTrainer pads generated tokens with (the
+        processor's, else the model's generation pad id)."""
+        pad_id = getattr(self.processing_class, "pad_token_id", None)
+        pad_id = self.model.generation_config.pad_token_id if pad_id is None else pad_id
+        return torch.nn.functional.pad(labels, (0, length - labels.shape[-1]), value=pad_id)
 
     def log(self, logs, *args, **kwargs):
         if "loss" in logs:

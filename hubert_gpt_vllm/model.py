@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
 from vllm.config import SpeechToTextConfig
 from vllm.model_executor.models.interfaces import SupportsMultiModal, SupportsPP, SupportsTranscription
 from vllm.model_executor.models.utils import AutoWeightsLoader, init_vllm_registered_model, maybe_prefix
@@ -40,9 +40,9 @@ def causal_lm_architecture(text_config):
     """vLLM's architecture name for the LLM: the config's own, else transformers' causal-LM class for its type."""
     if getattr(text_config, "architectures", None):
         return list(text_config.architectures)
-    if text_config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+    if type(text_config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
         raise ValueError(f"text_config.model_type {text_config.model_type!r} has no causal-LM class in transformers")
-    return [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[text_config.model_type]]
+    return [MODEL_FOR_CAUSAL_LM_MAPPING[type(text_config)].__name__]
 
 
 @MULTIMODAL_REGISTRY.register_processor(HubertGptMultiModalProcessor, info=HubertGptProcessingInfo,

@@ -19,15 +19,17 @@ frame t covers [t, t + 1) x seconds_per_frame from the audio's start (plus `offs
 frames (the pipeline and `align` always give them), a label's spike is moved onto its sound when it fell in a pause
 and widened over the sound around it (`widen_to_sound`), so a sentence starts and ends where its sound does.
 
+The pipeline's "char" and "word" chunks also carry a "confidence" (`align_texts(..., llm_probabilities=)`): from the
+LLM's token probabilities and the head's posterior of each character over its aligned frames (confidence_hubert_gpt.py).
+
 Remote code: imports torch only at the top; torchaudio (and SudachiPy for Japanese words) where they are used.
 """
 
-import math
-
 import torch
 
+from .confidence_hubert_gpt import char_confidence, chunk_confidence
 from .ctc_head_hubert_gpt import require_ctc_head
-from .segments_hubert_gpt import quiet_frames
+from .frames_hubert_gpt import batch_quiet, seconds_per_frame
 
 LEVELS = ("char", "word", True)
 PAUSE_SECONDS = 0.5  # return_timestamps=True: a pause this long between two characters starts a new segment
@@ -50,18 +52,6 @@ def check_level(level):
     if level not in LEVELS:
         raise ValueError(f'return_timestamps must be "char", "word" or True, got {level!r}')
     return level
-
-
-def samples_per_frame(model):
-    """Audio samples per encoder frame (HuBERT's conv stack: 320)."""
-    return math.prod(model.audio_tower.strides)
-
-
-def seconds_per_frame(model):
-    """Seconds between two encoder frames (HuBERT's conv stack: 320 samples, 20 ms at 16 kHz)."""
-    return samples_per_frame(model) / model.config.sampling_rate
-
-
 
 
 # --- labels of a transcript ------------------------------------------------------------------------------------------
@@ -91,14 +81,15 @@ def fitting(labels, frames):
 
 
 def label_frames(log_probs, labels, blank):
-    """Viterbi alignment of `labels` to log_probs (T, C): a (start, end) frame span per label, end exclusive."""
+    """Viterbi alignment of `labels` to log_probs (T, C): a (start, end) frame span per label, end exclusive, and the
+    label's mean posterior over its span."""
     if not labels:
-        return []
+        return [], []
     functional = load_torchaudio().functional
     targets = torch.tensor([labels], dtype=torch.int32)
     path, scores = functional.forced_align(log_probs[None].float().cpu(), targets, blank=blank)  # (1, T) each
     spans = functional.merge_tokens(path[0], scores[0].exp(), blank=blank)
-    return [(span.start, span.end) for span in spans]
+    return [(span.start, span.end) for span in spans], [span.score for span in spans]
 
 
 def snap_into_sound(spans, quiet):
@@ -136,19 +127,25 @@ def widen_to_sound(spans, quiet):
     return out
 
 
-def char_frames(ctc_head, log_probs, text, tokenizer=None, quiet=None):
-    """Per character of `text`: its (start, end) frames, or None for a character the head does not place. With
-    `quiet` ((T,) bool: frames without sound), labels are widened over the sound around them (`widen_to_sound`)."""
+def char_alignment(ctc_head, log_probs, text, tokenizer=None, quiet=None):
+    """Per character of `text`: its (start, end) frames, and its label's mean posterior over the frames the alignment
+    gave it (before widening); None and None for a character the head does not place. With `quiet` ((T,) bool:
+    frames without sound), labels are widened over the sound around them (`widen_to_sound`)."""
     labels, ranges = transcript_labels(ctc_head, text, tokenizer)
     count = fitting(labels, log_probs.shape[0])
-    spans = label_frames(log_probs, labels[:count], ctc_head.blank_id)
+    spans, posteriors = label_frames(log_probs, labels[:count], ctc_head.blank_id)
     if quiet is not None:
         spans = widen_to_sound(spans, quiet.tolist())
-    frames = [None] * len(text)
-    for (a, b), span in zip(ranges, spans):
+    frames, probabilities = [None] * len(text), [None] * len(text)
+    for (a, b), span, posterior in zip(ranges, spans, posteriors):
         for k in range(a, b):
-            frames[k] = span
-    return frames
+            frames[k], probabilities[k] = span, posterior
+    return frames, probabilities
+
+
+def char_frames(ctc_head, log_probs, text, tokenizer=None, quiet=None):
+    """Per character of `text`: its (start, end) frames, or None (see char_alignment)."""
+    return char_alignment(ctc_head, log_probs, text, tokenizer, quiet)[0]
 
 
 # --- characters -> chunks ------------------------------------------------------------------------------------------
@@ -198,9 +195,11 @@ def pause_starts(frames, pause_frames):
     return starts
 
 
-def chunks_of(text, frames, level, frame_s, offset_s=0.0):
+def chunks_of(text, frames, level, frame_s, offset_s=0.0, confidence=None):
     """Whisper-style chunks [{"text", "timestamp": (start_s, end_s)}] of a transcript whose characters have
-    `frames` (see char_frames). A transcript with no placed character is one chunk spanning nothing: (None, None)."""
+    `frames` (see char_frames). A transcript with no placed character is one chunk spanning nothing: (None, None).
+    With `confidence` (per character, a float or None), each chunk gets "confidence": the mean of its characters'
+    (confidence_hubert_gpt.chunk_confidence)."""
     if not text:
         return []
     if level == "char":
@@ -215,20 +214,29 @@ def chunks_of(text, frames, level, frame_s, offset_s=0.0):
         stamp = (None, None) if span is None else (round(offset_s + span[0] * frame_s, 3),
                                                    round(offset_s + span[1] * frame_s, 3))
         chunks.append({"text": piece, "timestamp": stamp})
+        if confidence is not None:
+            chunks[-1]["confidence"] = chunk_confidence(confidence[a:b])
     return chunks
 
 
-def align_texts(model, log_probs, frame_lengths, texts, level="char", tokenizer=None, offsets_s=None, quiet=None):
+def align_texts(model, log_probs, frame_lengths, texts, level="char", tokenizer=None, offsets_s=None, quiet=None,
+                llm_probabilities=None):
     """Chunks with timestamps per transcript: log_probs (B, T, C) of the CTC head, frame_lengths (B,), B texts;
-    `quiet` (B, T) bool (`quiet_frames` of each input) widens labels over their sound."""
+    `quiet` (B, T) bool (`quiet_frames` of each input) widens labels over their sound. With `llm_probabilities` (per
+    text, per character: the LLM's probability of the token that wrote it, or None), each chunk also gets a
+    "confidence" from them and the CTC head's posteriors over the character's aligned frames
+    (confidence_hubert_gpt.py)."""
     head = require_ctc_head(model, "Timestamps come from")
     check_level(level)
     frame_s = seconds_per_frame(model)
     out = []
     for b, text in enumerate(texts):
         n = int(frame_lengths[b])
-        frames = char_frames(head, log_probs[b, :n], text, tokenizer, None if quiet is None else quiet[b, :n])
-        out.append(chunks_of(text, frames, level, frame_s, 0.0 if offsets_s is None else offsets_s[b]))
+        frames, ctc = char_alignment(head, log_probs[b, :n], text, tokenizer, None if quiet is None else quiet[b, :n])
+        confidence = None
+        if llm_probabilities is not None:
+            confidence = [char_confidence(llm, posterior) for llm, posterior in zip(llm_probabilities[b], ctc)]
+        out.append(chunks_of(text, frames, level, frame_s, 0.0 if offsets_s is None else offsets_s[b], confidence))
     return out
 
 
@@ -249,10 +257,3 @@ def align(model, input_values, attention_mask=None, transcripts=None, tokenizer=
     quiet = batch_quiet(model, input_values, attention_mask, posteriors.log_probs.shape[1])
     return align_texts(model, posteriors.log_probs, posteriors.frame_lengths, list(transcripts), level, tokenizer,
                        quiet=quiet)
-
-
-def batch_quiet(model, input_values, attention_mask, num_frames):
-    """(B, num_frames) bool: `quiet_frames` of each row of input_values (B, S) over its own samples."""
-    hop = samples_per_frame(model)
-    samples = [input_values.shape[1]] * len(input_values) if attention_mask is None else attention_mask.sum(-1).tolist()
-    return torch.stack([quiet_frames(row[: int(n)].cpu(), hop, num_frames) for row, n in zip(input_values, samples)])

@@ -50,6 +50,17 @@ def _as_config(value, default_model_type, name):
     raise TypeError(f"{name} must be a PretrainedConfig, a dict or None, got {type(value).__name__}")
 
 
+def attn_implementations(audio_config, text_config):
+    """{"audio_config": ..., "text_config": ...}: the attention implementations ("sdpa", "eager", ...) that the parts'
+    configs were loaded with, to give back to the parts once a HubertGptConfig holds their configs (composing resets
+    them).
+
+    The one private use of transformers in the model: `PretrainedConfig._attn_implementation` has no public getter
+    (transformers 5.24; `set_attn_implementation` is the public setter). tests/test_public_api.py fails if it changes.
+    """
+    return {"audio_config": audio_config._attn_implementation, "text_config": text_config._attn_implementation}
+
+
 class HubertGptConfig(PretrainedConfig):
     r"""
     Configuration of [`HubertGptForConditionalGeneration`]: the architecture only. Training settings (CTC loss weight,

@@ -21,9 +21,11 @@ from transformers import (
 )
 from transformers.utils import ModelOutput, can_return_tuple
 
+from .alignment_hubert_gpt import align
 from .audio_encoder_hubert_gpt import HubertGptAudioEncoder
 from .bridges_hubert_gpt import bridge_class
-from .configuration_hubert_gpt import HubertGptConfig
+from .cache_hubert_gpt import cache_keyword, new_cache
+from .configuration_hubert_gpt import HubertGptConfig, attn_implementations
 from .ctc_head_hubert_gpt import HubertGptCtcHead
 from .duration_hubert_gpt import check_duration
 from .generation_hubert_gpt import (
@@ -37,8 +39,10 @@ from .generation_hubert_gpt import (
     resolve_generation,
 )
 from .guards_hubert_gpt import Guards, NoSpeechLogitsProcessor, fill_silent_rows
-from .sound_hubert_gpt import rising_share
 from .hotwords_hubert_gpt import build_hotwords, resolve_hotwords
+from .pipeline_hubert_gpt import register_pipeline_in_config
+from .sound_hubert_gpt import rising_share
+from .speculative_hubert_gpt import ctc_draft_generate
 
 DEFAULT_CTC_LOSS_WEIGHT = 0.3
 
@@ -135,8 +139,7 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
             text_model = AutoModelForCausalLM.from_pretrained(text_model, dtype=dtype)
         # The parts' attention implementations (sdpa, ...): composing their configs resets them to None, and a
         # GPT-NeoX without one ignores the attention mask of left-padded batches (tests/test_rinna_standins.py).
-        implementations = {"audio_config": audio_model.config._attn_implementation,
-                           "text_config": text_model.config._attn_implementation}
+        implementations = attn_implementations(audio_model.config, text_model.config)
         config = HubertGptConfig(
             audio_config=audio_model.config, text_config=text_model.config, bridge_type=bridge_type, **config_kwargs
         )
@@ -146,8 +149,6 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Also records the ASR pipeline in config.json, so the folder works with `pipeline(..., trust_remote_code=True)`."""
-        from .pipeline_hubert_gpt import register_pipeline_in_config  # a relative import: the file is saved alongside
-
         register_pipeline_in_config(self.config)
         # custom_object_save adds the AutoModelForSpeechSeq2Seq entry; plain AutoModel opens the same class.
         name = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
@@ -258,8 +259,6 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         """Timestamps of `transcripts` (B strings, or token ids with `tokenizer`) in audio (B, S), read from the CTC
         head: per utterance a list of {"text", "timestamp": (start_s, end_s)} per character, word (level="word") or
         segment (level=True). See alignment_hubert_gpt.py (needs torchaudio)."""
-        from .alignment_hubert_gpt import align  # a relative import: the file is saved alongside
-
         return align(self, input_values, attention_mask, transcripts, tokenizer, level)
 
     def pack_prompt(self, speech, speech_lengths, text_ids=None, left_pad=False):
@@ -493,8 +492,6 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
             processors.append(NoSpeechLogitsProcessor(silent, (bounds.eos_ids or [bounds.pad_id])[0]))
         stats = None
         if config.ctc_draft:
-            from .speculative_hubert_gpt import ctc_draft_generate  # a relative import: the file is saved alongside
-
             out, stats = ctc_draft_generate(self, speech, hypotheses, embeds, prompt_mask, position_ids, config, bounds,
                                             llm_kwargs.get("streamer"), draft_override, tokenizer, processors)
         else:
@@ -518,8 +515,6 @@ class HubertGptForConditionalGeneration(PreTrainedModel, GenerationMixin):
         if (config.num_beams == 1 and config.use_cache is not False and config.cache_implementation is None
                 and not {"cache", "past_key_values"} & set(kwargs)):
             # a KV cache that appends in place (beam search reorders its cache every step: it keeps the default)
-            from .cache_hubert_gpt import cache_keyword, new_cache  # a relative import: the file is saved alongside
-
             kwargs[cache_keyword(self.language_model)[0]] = new_cache(self.language_model)
         return self.language_model.generate(inputs_embeds=embeds, attention_mask=prompt_mask, position_ids=position_ids,
                                             generation_config=llm_generation_config(config), **kwargs)

@@ -29,10 +29,17 @@ import numpy as np
 import torch
 from transformers import Pipeline, logging
 
+from .alignment_hubert_gpt import align_texts, check_level, load_torchaudio
+from .cache_hubert_gpt import cache_keyword
+from .confidence_hubert_gpt import char_probabilities, transcript_probabilities
 from .ctc_head_hubert_gpt import require_ctc_head
+from .duration_hubert_gpt import fits, longest_input_samples
+from .frames_hubert_gpt import batch_quiet, chunk_spans, samples_per_frame, seconds_per_frame, stitch_posteriors
 from .processing_hubert_gpt import to_mono_float32
+from .segments_hubert_gpt import cut_at_pauses, split_piece, stopped_early
 
 TASK = "automatic-speech-recognition"
+CONFIDENCE_LEVELS = ("char", "word")  # return_timestamps levels whose chunks carry a "confidence"
 logger = logging.get_logger(__name__)
 
 ACCEPTED_FORMATS = "wav, flac, ogg (vorbis/opus) and mp3 (what libsndfile decodes; no ffmpeg)"
@@ -79,31 +86,31 @@ def join_pieces(texts):
     """The transcripts of consecutive pieces cut at pauses, as one text: joined with a space, but none between two
     characters of scripts written without spaces (kana, CJK, full-width forms: code points from U+3000), so Japanese
     sentences follow each other as they are written. Empty pieces add nothing."""
-    out = ""
-    for text in (t.strip() for t in texts):
-        if text and out:
-            out += "" if ord(out[-1]) >= 0x3000 and ord(text[0]) >= 0x3000 else " "
-        out += text
-    return out
+    return join_with_values(list(texts), None)[0]
 
 
-def chunk_spans(num_samples, chunk_len, overlap, multiple=1):
-    """(start, end) sample spans of chunks of `chunk_len` samples covering `num_samples`, consecutive ones sharing at
-    least `overlap` samples.
+def join_with_values(texts, values):
+    """`join_pieces(texts)` and, given `values` (per piece, one value per character of its text; or None), the joined
+    text's values: (text, values or None), None for an added space."""
+    out, kept = "", []
+    for k, text in enumerate(texts):
+        stripped = text.strip()
+        if stripped and out:
+            space = "" if ord(out[-1]) >= 0x3000 and ord(stripped[0]) >= 0x3000 else " "
+            out, kept = out + space, kept + [None] * len(space)
+        lead = len(text) - len(text.lstrip())
+        out += stripped
+        kept += [] if values is None else values[k][lead : lead + len(stripped)]
+    return out, None if values is None else kept
 
-    The last chunk is moved back so it ends at `num_samples` and is about as long as the others (a short tail chunk
-    could be below the model's minimum input and would give it little context); it then overlaps its neighbour by more.
-    Every start is a multiple of `multiple` when chunk_len - overlap is (the encoder's hop: chunk frames then fall on
-    the whole audio's frames), so the last chunk may be up to `multiple` - 1 samples longer.
-    """
-    step = chunk_len - overlap
-    if step <= 0:
-        raise ValueError(f"chunk length ({chunk_len} samples) must exceed the overlap ({overlap} samples)")
-    if num_samples <= chunk_len:
-        return [(0, num_samples)]
-    last = (num_samples - chunk_len) // multiple * multiple
-    starts = list(range(0, last, step)) + [last]
-    return [(start, min(start + chunk_len, num_samples)) for start in starts[:-1]] + [(last, num_samples)]
+
+def char_probabilities_of_text(token_lists, pieces, decode):
+    """Per character of an input's transcript (as postprocess builds it from its pieces' `token_lists`): the LLM's
+    probability of the token that wrote it (None for a space joining two pieces)."""
+    per_piece = [char_probabilities(decode, ids, piece.token_probabilities) for ids, piece in zip(token_lists, pieces)]
+    if pieces[0].overlapping:  # with a CTC head, as confidence needs, an input has one such chunk: longer audio is cut
+        return per_piece[0] if len(per_piece) == 1 else [None] * len(decode(merge_chunk_tokens(token_lists)))
+    return join_with_values([decode(ids) for ids in token_lists], per_piece)[1]
 
 
 # --- audio loading ------------------------------------------------------------------------------------------------
@@ -182,23 +189,6 @@ def _resample(audio, rate, target_rate):
     return resample_poly(audio, target_rate // g, int(rate) // g).astype(np.float32)
 
 
-def stitch_posteriors(chunks, hop):
-    """One input's CTC log-posteriors from its chunks' [(first sample, input samples, (T_k, C))], in chunk order:
-    (T, C) on the whole input's frames. Each chunk gives the frames up to the middle of its overlap with the next (its
-    first sample a multiple of `hop`: its frame t is the input's frame start / hop + t)."""
-    parts, done = [], 0  # done: global frames taken so far
-    for k, (start, _, log_probs) in enumerate(chunks):
-        first = start // hop
-        if k + 1 < len(chunks):
-            chunk_end = first + len(log_probs)
-            stop = (chunks[k + 1][0] // hop + chunk_end) // 2  # the middle of the overlap
-        else:
-            stop = first + len(log_probs)
-        parts.append(log_probs[done - first : stop - first])
-        done = stop
-    return torch.cat(parts)
-
-
 # --- the pipeline -------------------------------------------------------------------------------------------------
 def input_duration_s(inputs, sampling_rate):
     """Seconds of audio in one pipeline input, read without decoding it (file headers, array shapes); 0.0 when it
@@ -253,6 +243,7 @@ class _Chunk:
     whole_quiet: torch.Tensor | None = None  # (T,) bool: its frames without sound
     posteriors: torch.Tensor | None = None  # (T_k, C) of this piece
     quiet: torch.Tensor | None = None  # (T_k,) bool
+    token_probabilities: list | None = None  # the LLM's, of each transcript token (confidence_hubert_gpt.py)
 
 
 class HubertGptASRPipeline(Pipeline):
@@ -277,7 +268,10 @@ class HubertGptASRPipeline(Pipeline):
         return_timestamps (`"char"`, `"word"` or `True`; models with a CTC head): the transcript force-aligned to
             the CTC head's posteriors (alignment_hubert_gpt.py): `"chunks"` per character, word or pause-separated
             segment, times in seconds from the input's start (global across chunks, read from the whole input's
-            posteriors stitched from its chunks).
+            posteriors stitched from its chunks). "char" and "word" chunks carry a "confidence" in [0, 1] (as
+            faster-whisper's word probability; low flags a doubtful word): the mean over the chunk's characters of the
+            geometric mean of the LLM's probability of the token that wrote the character and the CTC head's mean
+            posterior of the character over its aligned frames (confidence_hubert_gpt.py; costs one LLM pass more).
         hotwords (`list[str]`, or one such list per input of a list): `generate`'s hotwords, given per input: every
             chunk of an input gets its input's words.
         split_at_pauses (`bool`, default False; models with a CTC head): cut every input where the head hears a pause
@@ -290,7 +284,8 @@ class HubertGptASRPipeline(Pipeline):
             and the parts transcribed in turn (segments_hubert_gpt.py); no extra model pass where nothing stopped early.
     Audio longer than the model takes (its LLM context must hold the speech prompt and the transcript bound;
     duration_hubert_gpt.py) is chunked without being asked, with a one-line warning naming `chunk_length_s`.
-    Output: `{"text": str}`, plus `"chunks": [{"text": str, "timestamp": (start_s, end_s)}]` with return_timestamps.
+    Output: `{"text": str}`, plus `"chunks": [{"text": str, "timestamp": (start_s, end_s)}]` with return_timestamps
+    (and `"confidence": float` in each chunk for "char" and "word").
     """
 
     def __init__(self, model, feature_extractor=None, tokenizer=None, batch_size=None, **kwargs):
@@ -329,7 +324,6 @@ class HubertGptASRPipeline(Pipeline):
         **more_generate_kwargs,
     ):
         if return_timestamps is not None and return_timestamps is not False:
-            from .alignment_hubert_gpt import check_level, load_torchaudio
             require_ctc_head(self.model, "Timestamps come from")
             check_level(return_timestamps)
             load_torchaudio()  # a missing or mismatched torchaudio fails before any audio is read
@@ -376,14 +370,10 @@ class HubertGptASRPipeline(Pipeline):
         return chunk_len, overlap
 
     def _hop(self):
-        from .alignment_hubert_gpt import samples_per_frame
-
         return samples_per_frame(self.model) if hasattr(self.model, "audio_tower") else 1
 
     def _auto_chunk_length_s(self, num_samples):
         """chunk_length_s for audio longer than the model takes (duration_hubert_gpt.py), or None when it fits."""
-        from .duration_hubert_gpt import fits, longest_input_samples
-
         if not hasattr(self.model, "audio_tower") or fits(self.model, num_samples):
             return None
         longest = longest_input_samples(self.model)
@@ -419,8 +409,6 @@ class HubertGptASRPipeline(Pipeline):
         else:  # split at pauses only: the input fits, so one window reads it and a piece may be all of it
             chunk_len = -(-len(audio) // self._hop()) * self._hop()
         if getattr(self.model, "ctc_head", None) is not None and (split_at_pauses or len(audio) > chunk_len):
-            from .segments_hubert_gpt import cut_at_pauses
-
             spans, whole, quiet = cut_at_pauses(self.model, self.feature_extractor, audio, chunk_len, self._hop())
             chunks = [_Chunk(audio[start:end], start, len(audio)) for start, end in spans]
             chunks[0].whole_posteriors, chunks[0].whole_quiet = whole, quiet
@@ -459,18 +447,19 @@ class HubertGptASRPipeline(Pipeline):
         per_input = self._hotwords_per_input(hotwords, model_inputs["num_inputs"])
         tokens, pieces = [], []  # per chunk: (input index, (N,) new tokens); its _Chunk
         for indices, chunks in model_inputs["batches"]:
-            for results in self._transcribe(indices, chunks, per_input, bool(return_timestamps), early_stop_split,
+            for results in self._transcribe(indices, chunks, per_input, return_timestamps, early_stop_split,
                                             generate_kwargs):
                 for index, row, chunk in results:
                     tokens.append((index, row))
                     pieces.append(chunk)
         return {"tokens": tokens, "chunks": pieces, "num_inputs": model_inputs["num_inputs"]}
 
-    def _transcribe(self, indices, chunks, per_input, read_head, early_stop_split, generate_kwargs):
+    def _transcribe(self, indices, chunks, per_input, timestamps, early_stop_split, generate_kwargs):
         """One batch of chunks -> per chunk, its [(input index, (N,) new tokens, _Chunk)]: its own, or with
         `early_stop_split`, for a chunk whose transcript stopped well short of what the CTC head heard, those of its two
         parts cut at its longest inner pause (segments_hubert_gpt.py), transcribed in turn (and split again where they
-        stop early too)."""
+        stop early too). With `timestamps` (the CTC head read), also each chunk's posteriors and quiet frames, and for
+        "char" / "word" its transcript tokens' LLM probabilities (confidence_hubert_gpt.py)."""
         if per_input is not None:  # each chunk's row gets its input's words
             generate_kwargs = {**generate_kwargs, "hotwords": [per_input[i] for i in indices]}
         features = self.feature_extractor(
@@ -483,9 +472,7 @@ class HubertGptASRPipeline(Pipeline):
         input_values = features["input_values"].to(self.device, self.model.dtype)  # (B, S)
         attention_mask = features["attention_mask"].to(self.device, torch.long)  # (B, S)
         speech = {}
-        if read_head or early_stop_split:  # the CTC head read once: for the guards, timestamps and early stops
-            from .alignment_hubert_gpt import batch_quiet
-
+        if timestamps or early_stop_split:  # the CTC head read once: for the guards, timestamps and early stops
             speech["speech_prompt"] = self.model.encode_speech(input_values, attention_mask, ctc_head=True)
             log_probs = speech["speech_prompt"].ctc_logits.float().log_softmax(-1).cpu()  # (B, T, C)
             quiet = batch_quiet(self.model, input_values, attention_mask, log_probs.shape[1])  # (B, T)
@@ -495,15 +482,21 @@ class HubertGptASRPipeline(Pipeline):
         if not isinstance(out, torch.Tensor):  # return_dict_in_generate=True
             out = out.sequences
         done = [[(index, row, chunk)] for index, row, chunk in zip(indices, out, chunks)]  # per chunk: its results
+        ends, special = self._end_and_special_ids()
+        if timestamps in CONFIDENCE_LEVELS:
+            found = transcript_probabilities(self.model, speech["speech_prompt"],
+                                             [transcript_ids(row, ends, special) for row in out],
+                                             cache_keyword(self.model.language_model)[1])
+            for chunk, probabilities in zip(chunks, found):
+                chunk.token_probabilities = probabilities
         if early_stop_split:
-            ends, special = self._end_and_special_ids()
             parts = [(k, part) for k, (row, chunk) in enumerate(zip(out, chunks))
                      for part in self._early_stop_parts(transcript_ids(row, ends, special), chunk)]
             redone = []  # per part: its results
             for at in range(0, len(parts), len(chunks)):  # batches no larger than this one
                 some = parts[at : at + len(chunks)]
                 redone += self._transcribe([indices[k] for k, _ in some], [part for _, part in some], per_input,
-                                           read_head, early_stop_split, generate_kwargs)
+                                           timestamps, early_stop_split, generate_kwargs)
             for k in {k for k, _ in parts}:  # a split chunk's results: its parts', in order
                 done[k] = [result for (j, _), results in zip(parts, redone) if j == k for result in results]
         for chunk in chunks:
@@ -513,9 +506,6 @@ class HubertGptASRPipeline(Pipeline):
     def _early_stop_parts(self, ids, chunk):
         """[] or the two _Chunks of `chunk` cut at its longest inner pause when its transcript (token `ids`, from
         `transcript_ids`) stopped early."""
-        from .alignment_hubert_gpt import seconds_per_frame
-        from .segments_hubert_gpt import split_piece, stopped_early
-
         head = self.model.ctc_head
         written = len(ids) if head.vocab is None else len(head.char_ids(self.tokenizer.decode(ids)))
         heard = len(head.greedy_labels(chunk.posteriors[None], torch.tensor([len(chunk.posteriors)]))[0])
@@ -560,7 +550,8 @@ class HubertGptASRPipeline(Pipeline):
 
     def postprocess(self, model_outputs, return_timestamps=None):
         """-> one `{"text": str}` per input, in the order of the inputs; with return_timestamps also `"chunks"`:
-        [{"text", "timestamp": (start_s, end_s)}] of the whole input (alignment_hubert_gpt.py)."""
+        [{"text", "timestamp": (start_s, end_s)}] of the whole input (alignment_hubert_gpt.py), for "char" and "word"
+        with a "confidence" each (confidence_hubert_gpt.py)."""
         ends, special = self._end_and_special_ids()
         chunks = [[] for _ in range(model_outputs["num_inputs"])]  # per input, its chunks' token lists in order
         pieces = [[] for _ in range(model_outputs["num_inputs"])]  # per input, its _Chunks in order
@@ -571,8 +562,6 @@ class HubertGptASRPipeline(Pipeline):
         outputs = [{"text": decode(merge_chunk_tokens(c)) if p[0].overlapping else join_pieces(map(decode, c))}
                    for c, p in zip(chunks, pieces)]
         if return_timestamps:
-            from .alignment_hubert_gpt import align_texts
-
             hop = self._hop()
             stitched = [p[0].whole_posteriors if p[0].whole_posteriors is not None else
                         stitch_posteriors([(c.start, c.total, c.posteriors) for c in p], hop) for p in pieces]
@@ -581,15 +570,19 @@ class HubertGptASRPipeline(Pipeline):
             lengths = torch.tensor([len(p) for p in stitched])
             log_probs = torch.nn.utils.rnn.pad_sequence(stitched, batch_first=True)  # (inputs, T, C)
             quiet = torch.nn.utils.rnn.pad_sequence(quiet, batch_first=True, padding_value=True)  # (inputs, T)
+            llm = None
+            if return_timestamps in CONFIDENCE_LEVELS:
+                llm = [char_probabilities_of_text(c, p, decode) for c, p in zip(chunks, pieces)]
             for out, found in zip(outputs, align_texts(self.model, log_probs, lengths, [o["text"] for o in outputs],
-                                                       return_timestamps, self.tokenizer, quiet=quiet)):
+                                                       return_timestamps, self.tokenizer, quiet=quiet,
+                                                       llm_probabilities=llm)):
                 out["chunks"] = found
         return outputs
 
     def save_pretrained(self, save_directory, **kwargs):
         """`Pipeline.save_pretrained` (model, tokenizer, feature extractor), plus what makes the folder open with this
         class: `custom_pipelines` in config.json, and the remote-code files (this folder's `*_hubert_gpt.py`: the
-        ones this file imports, lazily too).
+        ones this file imports, and theirs).
 
         The base class writes those only for a class registered with `PIPELINE_REGISTRY.register_pipeline`, which
         would also replace the stock automatic-speech-recognition pipeline for every model in the process.

@@ -7,7 +7,7 @@ of at least PAUSE_SECONDS; a stretch longer than the chunk length is cut further
 into equal parts. The pieces on both sides of a cut each keep up to PIECE_MARGIN_SECONDS of the pause next to their
 speech (a short pause is shared, the middle of a long one left out), as the utterances a model learns from have some
 silence around them (the embedded default, trained with about 0.3 s, drops to CER 0.19 on sentences trimmed to
-their sound). A pause frame is one the head gives to blank (probability above PAUSE_BLANK_PROB) AND a quiet one
+their sound). A pause frame is one the head gives to blank (probability above frames_hubert_gpt.PAUSE_BLANK_PROB) AND a quiet one
 (`quiet_frames`): a CTC head is peaky, and between the spikes of one word it says blank for as long as a pause lasts,
 so blank alone would cut sentences in their middle. The posteriors are read from the input as the feature extractor
 gives it to the model (normalised once, over the whole input). Each piece is transcribed as an
@@ -20,29 +20,17 @@ against the head: one with fewer than EARLY_STOP_RATIO * n - EARLY_STOP_BASE of 
 (`stopped_early`) is cut again at its longest inner pause of at least INNER_PAUSE_SECONDS (`split_piece`) and
 its parts transcribed; the evidence that text is missing allows a shorter pause than a cut made on pauses alone.
 
-Remote code: imports torch only.
+Remote code: imports torch and the leaf frames_hubert_gpt.py only.
 """
 
 import torch
 
+from .frames_hubert_gpt import chunk_spans, pauses, quiet_frames, seconds_per_frame, stitch_posteriors
+
 PAUSE_SECONDS = 0.3
-PAUSE_BLANK_PROB = 0.9
 PIECE_MARGIN_SECONDS = 0.3
-QUIET_FRACTION = 0.25  # quiet: below the input's floor level + this fraction of its floor-to-loud range (in dB)
 EARLY_STOP_RATIO, EARLY_STOP_BASE = 0.8, 2  # written < 0.8 n - 2 of the head's n labels: the LLM stopped early
 INNER_PAUSE_SECONDS = 0.1
-
-
-def pause_runs(is_pause):
-    """[(start, end)] frame runs where `is_pause` (list of bools) holds."""
-    runs, start = [], None
-    for t, pause in enumerate(list(is_pause) + [False]):
-        if pause and start is None:
-            start = t
-        elif not pause and start is not None:
-            runs.append((start, t))
-            start = None
-    return runs
 
 
 def split_long(start, end, runs, max_frames):
@@ -57,26 +45,6 @@ def split_long(start, end, runs, max_frames):
         parts = -(-(end - start) // max_frames)
         cut = start + (end - start) // parts
     return split_long(start, cut, runs, max_frames) + split_long(cut, end, runs, max_frames)
-
-
-def quiet_frames(audio, hop, num_frames):
-    """(num_frames,) bool: frame t (samples t*hop .. (t+1)*hop of a 1-D tensor) is quiet. Levels are in dB (floored at
-    -100); floor and loud are the 5th and 95th percentiles of the input's frame levels, so the rule holds at any
-    recording level and noise floor."""
-    usable = min(len(audio) // hop, num_frames)
-    if usable == 0:
-        return torch.zeros(num_frames, dtype=torch.bool)
-    frames = audio[: usable * hop].float().reshape(usable, hop)  # (usable, hop)
-    level = 10 * torch.log10(frames.pow(2).mean(-1).clamp_min(1e-10))  # (usable,)
-    floor, loud = torch.quantile(level, torch.tensor([0.05, 0.95]))
-    quiet = level < floor + QUIET_FRACTION * (loud - floor)
-    return torch.cat([quiet, quiet.new_ones(num_frames - usable)])  # a partial last frame: the input's end
-
-
-def pause_frames(log_probs, blank_id, quiet=None):
-    """(T,) bool: the head says blank (above PAUSE_BLANK_PROB) and, where `quiet` is given, the frame is quiet."""
-    is_pause = log_probs[:, blank_id].exp() > PAUSE_BLANK_PROB
-    return is_pause if quiet is None else is_pause & quiet
 
 
 def edges_in_pauses(start, end, runs, hop, longest, total, margin):
@@ -117,7 +85,7 @@ def split_piece(log_probs, blank_id, quiet, hop, frame_s, num_samples, shortest)
     longest inner pause of at least INNER_PAUSE_SECONDS: two (start, end) sample spans, each keeping up to
     PIECE_MARGIN_SECONDS of that pause, or None when it has no such pause or a part would be shorter than `shortest`
     samples."""
-    runs = pause_runs(pause_frames(log_probs, blank_id, quiet).tolist())
+    runs = pauses(log_probs, blank_id, quiet)
     inside = inner_runs(log_probs, blank_id, quiet, runs, INNER_PAUSE_SECONDS / frame_s)
     if not inside:
         return None
@@ -129,12 +97,12 @@ def split_piece(log_probs, blank_id, quiet, hop, frame_s, num_samples, shortest)
     return [edges_in_pauses(s, e, runs, hop, num_samples, num_samples, margin) for s, e in ((0, cut), (cut, num_samples))]
 
 
-def pause_segments(log_probs, blank_id, max_frames, frame_s, quiet=None):
+def pause_segments(log_probs, blank_id, max_frames, frame_s, quiet=None, runs=None):
     """(start, end) frame spans covering log_probs' (T, C) T frames, cut in the middle of each pause of at least
     PAUSE_SECONDS between two frames where the head writes a label, and then to at most max_frames each. A pause
     frame: blank above PAUSE_BLANK_PROB and, where `quiet` ((T,) bool) is given, quiet (and a frame with a label
-    counts as speech only where it is not quiet)."""
-    runs = pause_runs(pause_frames(log_probs, blank_id, quiet).tolist())
+    counts as speech only where it is not quiet). `runs`: those frames' runs (`pauses`), when the caller has them."""
+    runs = pauses(log_probs, blank_id, quiet) if runs is None else runs
     cuts = [(a + b) // 2 for a, b in inner_runs(log_probs, blank_id, quiet, runs, PAUSE_SECONDS / frame_s)]
     bounds = [0] + cuts + [len(log_probs)]
     segments = []
@@ -147,8 +115,6 @@ def whole_posteriors(model, values, window, overlap, hop):
     """The CTC head's log-posteriors (T, C) over a long input's 1-D `values` (as the feature extractor gives them),
     computed in windows of `window` samples overlapping by `overlap` (multiples of `hop`), stitched in the middle of
     each overlap."""
-    from .pipeline_hubert_gpt import chunk_spans, stitch_posteriors  # relative imports: the files are saved alongside
-
     spans = chunk_spans(len(values), window, overlap, multiple=hop)
     parts = []
     for start, end in spans:
@@ -161,14 +127,14 @@ def whole_posteriors(model, values, window, overlap, hop):
 def cut_at_pauses(model, feature_extractor, audio, chunk_len, hop):
     """A long input's pieces cut at pauses: ([(start sample, end sample)], whole-input log-posteriors (T, C), its quiet
     frames (T,) bool). Each piece keeps up to PIECE_MARGIN_SECONDS of the pauses at its cuts (`edges_in_pauses`)."""
-    from .alignment_hubert_gpt import seconds_per_frame
-
     values = feature_extractor(audio, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt")
     values = values["input_values"][0]  # (S,): normalised as the model is given it, where the extractor does
     overlap = min(chunk_len // 3 // hop * hop, 2 * model.config.sampling_rate // hop * hop)
     log_probs = whole_posteriors(model, values, chunk_len, overlap, hop)
     quiet = quiet_frames(values, hop, len(log_probs))
-    segments = pause_segments(log_probs, model.ctc_head.blank_id, chunk_len // hop, seconds_per_frame(model), quiet)
+    runs = pauses(log_probs, model.ctc_head.blank_id, quiet)
+    segments = pause_segments(log_probs, model.ctc_head.blank_id, chunk_len // hop, seconds_per_frame(model), quiet,
+                              runs)
     cuts = [a * hop for a, _ in segments[1:]]
     shortest = model.min_input_samples
     kept = []  # cuts that leave every piece at least the model's shortest input
@@ -176,7 +142,6 @@ def cut_at_pauses(model, feature_extractor, audio, chunk_len, hop):
         if cut - (kept[-1] if kept else 0) >= shortest and len(audio) - cut >= shortest:
             kept.append(cut)
     edges = [0] + kept + [len(audio)]
-    runs = pause_runs(pause_frames(log_probs, model.ctc_head.blank_id, quiet).tolist())
     margin = round(PIECE_MARGIN_SECONDS / seconds_per_frame(model))
     pieces = [edges_in_pauses(a, b, runs, hop, chunk_len, len(audio), margin) for a, b in zip(edges, edges[1:])]
     return pieces, log_probs, quiet

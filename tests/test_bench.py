@@ -140,3 +140,43 @@ def test_hotwords_bench_reports_recall_leakage_gate_and_cost(tmp_path, tiny_toke
     assert result["test_split"]["plain"]["identical_to_plain"] == 1.0
     assert 0 <= result["gate_true_names_let_through"] <= 1 and 0 <= result["gate_distractors_let_through"] <= 1
     assert result["cost_b16_20_hotwords"]["gated"] > 0 and '"recall"' in stdout
+
+
+def test_confidence_bench_scores_right_and_wrong_chunks_clean_and_noisy(tmp_path, tiny_tokenizer,
+                                                                        tiny_feature_extractor):
+    import torch
+    from helpers import make_audio, save_audio_split, training_sentences
+
+    from hubert_gpt_training.tiny import tiny_config
+    from modeling_hubert_gpt import HubertGptForConditionalGeneration, HubertGptProcessor
+
+    torch.manual_seed(0)
+    texts = training_sentences(6, 0)
+    model = HubertGptForConditionalGeneration(
+        tiny_config("conv", tokenizer=tiny_tokenizer, ctc_head_config={"vocab": sorted(set("".join(texts)))})).eval()
+    model.save_pretrained(tmp_path / "model")
+    HubertGptProcessor(feature_extractor=tiny_feature_extractor, tokenizer=tiny_tokenizer).save_pretrained(
+        tmp_path / "model")
+    save_audio_split(tmp_path / "data", "test", [make_audio(0.8 + 0.1 * i, seed=i) for i in range(6)], texts)
+    result, stdout = run_bench("confidence.py", ["--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "data"),
+                                                  "--snr_db", "10", "--batch_size", "4"], tmp_path)
+    assert result["utterances"] == 6 and set(result["conditions"]) == {"clean", "snr_10db"}
+    for row in result["conditions"].values():
+        assert set(row) == {"cer"} | {f"{level}_{reader}" for level in ("char", "word")
+                                      for reader in ("combined", "llm", "ctc")}
+        assert row["char_combined"]["chunks"] > 0 and row["char_llm"]["chunks"] == row["char_combined"]["chunks"]
+        for scores in (v for k, v in row.items() if k != "cer"):
+            assert 0 <= scores["wrong_share"] <= 1 and (scores["auroc"] is None or 0 <= scores["auroc"] <= 1)
+    assert '"snr_10db"' in stdout
+
+
+def test_confidence_bench_marks_chunks_by_their_letters_and_ranks_them():
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from confidence import auroc, judged
+
+    chunks = [{"text": "今日", "confidence": 0.9}, {"text": "は", "confidence": 0.8},
+              {"text": "晴れ。", "confidence": 0.3}, {"text": "、", "confidence": 0.1}, {"text": "x", "confidence": None}]
+    assert judged(chunks, "今日は雨。") == [(0.9, True), (0.8, True), (0.3, False)]  # 、 holds no letter; x no value
+    assert auroc([(0.9, True), (0.8, True), (0.3, False)]) == 1.0
+    assert auroc([(0.5, True), (0.5, False), (0.2, True)]) == 0.25  # (a tie: 1/2, below: 0) / 2 pairs
+    assert auroc([(0.5, True)]) is None

@@ -30,9 +30,9 @@ from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.pipelines import PIPELINE_REGISTRY
 
 import modeling_hubert_gpt.pipeline_hubert_gpt as pipeline_module
+from modeling_hubert_gpt.frames_hubert_gpt import chunk_spans
 from modeling_hubert_gpt.pipeline_hubert_gpt import (
     HubertGptASRPipeline,
-    chunk_spans,
     load_audio,
     merge_chunk_tokens,
     merge_overlapping_tokens,
@@ -418,7 +418,7 @@ def test_pipeline_factory_picks_our_class_from_a_saved_folder(tmp_path, model, t
         # custom_object_save copy the file (and what it imports), which the fake model has to do by hand.
         register_pipeline_in_config(model.config)
         model.save_pretrained(tmp_path)
-        for path in get_relative_import_files(pipeline_module.__file__):
+        for path in [pipeline_module.__file__, *get_relative_import_files(pipeline_module.__file__)]:
             shutil.copy(path, tmp_path)
         tokenizer.save_pretrained(tmp_path)
         feature_extractor.save_pretrained(tmp_path)

@@ -142,7 +142,7 @@ def test_encoder_flags_reach_the_new_model(tmp_path, frontend):
     import itertools
 
     import train_hf
-    from modeling_hubert_gpt.alignment_hubert_gpt import samples_per_frame
+    from modeling_hubert_gpt.frames_hubert_gpt import samples_per_frame
 
     texts = list(itertools.islice(corpus.all_sentences(), 2000))
     mine = ["--encoder_hop", "320", "--encoder_dropout", "0", "--frontend_width", "48", "--log_mel_stack", "1",

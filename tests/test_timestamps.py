@@ -13,9 +13,10 @@ from test_model import padded_batch
 from hubert_gpt_training.tiny import tiny_config
 from modeling_hubert_gpt import HubertGptASRPipeline, HubertGptForConditionalGeneration
 from modeling_hubert_gpt.alignment_hubert_gpt import align_texts, char_frames
-from modeling_hubert_gpt.pipeline_hubert_gpt import chunk_spans, join_pieces, stitch_posteriors
-from modeling_hubert_gpt.segments_hubert_gpt import (cut_at_pauses, edges_in_pauses, pause_runs, pause_segments, quiet_frames,
-                                                      split_piece, stopped_early)
+from modeling_hubert_gpt.frames_hubert_gpt import chunk_spans, pause_runs, quiet_frames, stitch_posteriors
+from modeling_hubert_gpt.pipeline_hubert_gpt import join_pieces
+from modeling_hubert_gpt.segments_hubert_gpt import (cut_at_pauses, edges_in_pauses, pause_segments, split_piece,
+                                                      stopped_early)
 
 VOCAB = ["あ", "い", "う", "え"]
 BLANK = len(VOCAB)
