@@ -20,6 +20,8 @@ import torch
 from transformers import StoppingCriteria
 from transformers.utils import ModelOutput
 
+from .ctc_head_hubert_gpt import require_ctc_head
+
 
 class _FromConfig:
     def __repr__(self):
@@ -89,12 +91,6 @@ def max_new_tokens_for(generation_config, sample_lengths, sampling_rate):
     return (per_second * seconds + base + 0.5).floor().long()
 
 
-def _require_ctc_head(model, what):
-    from .ctc_head_hubert_gpt import require_ctc_head  # a relative import: the file is saved alongside
-
-    require_ctc_head(model, what)
-
-
 def resolve_generation(model, generation_config, options, kwargs):
     """One call's settings, merged and checked in one place: (config, llm_kwargs, fixed).
 
@@ -125,9 +121,9 @@ def resolve_generation(model, generation_config, options, kwargs):
     if model.ctc_head is None:  # the head's features are off; asking for one is an error
         asked = [n for n in ("no_speech_threshold", "loop_guard", "hotword_threshold") if given.get(n) not in (None, False)]
         if asked == ["hotword_threshold"]:
-            _require_ctc_head(model, "hotword_threshold gates hotwords with")
+            require_ctc_head(model, "hotword_threshold gates hotwords with")
         if asked:
-            _require_ctc_head(model, f"{asked} read")
+            require_ctc_head(model, f"{asked} read")
         config.no_speech_threshold, config.loop_guard, config.hotword_threshold = None, False, None
     drafting = sorted(n for n in (*DRAFT_OPTIONS, "draft_override") if given.get(n) is not None)
     if drafting and not config.ctc_draft:

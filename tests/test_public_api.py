@@ -25,6 +25,7 @@ SUBMODULE_IMPORTS = {
         "documented: Utilities for FeatureExtractors",
     ("modeling_hubert_gpt/bridges_hubert_gpt.py", "transformers.utils", "logging"): "documented: Logging",
     ("modeling_hubert_gpt/modeling_hubert_gpt.py", "transformers.utils", "ModelOutput"): "documented: Model outputs",
+    ("modeling_hubert_gpt/generation_hubert_gpt.py", "transformers.utils", "ModelOutput"): "documented: Model outputs",
     ("modeling_hubert_gpt/modeling_hubert_gpt.py", "transformers.utils", "can_return_tuple"):
         "the return_dict decorator transformers' model linter asks model code to use (mlinter rule TRF003)",
     ("train_hf.py", "transformers.integrations", "is_deepspeed_zero3_enabled"): "documented: DeepSpeed integration",
