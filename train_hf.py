@@ -115,6 +115,10 @@ class DataArguments:
     non_speech: float = field(default=0.0, metadata={
         "help": "probability per training utterance of replacing it by noise, hum, tones or room tone with an empty "
                 "transcript (0: off): the LLM learns to write nothing for sound without speech"})
+    augment_ramp_steps: str = field(default="0", metadata={
+        "help": "END or START,END: --room_augment and --non_speech are off until training step START (default 0) and "
+                "grow linearly to full at step END (0: full from the start): a model from scratch first learns to "
+                "hear clean speech"})
     test_splits: str | None = field(default=None, metadata={
         "help": "comma-separated splits evaluated after training, the first one the headline CER (default: the "
                 "eval split); the embedded recipe adds its noisy, reverberant, telephone and katakana test splits"})
@@ -305,7 +309,7 @@ def whole_model_init(targs):
 
 
 # 4. Data -------------------------------------------------------------------------------------------------------------
-def load_data(dargs, rargs, sampling_rate, seed):
+def load_data(dargs, rargs, sampling_rate, seed, rows_per_step=1):
     import datasets
 
     from hubert_gpt_training.data import load_source, prepare
@@ -342,16 +346,28 @@ def load_data(dargs, rargs, sampling_rate, seed):
     for split in (dargs.test_splits or "").split(","):
         if split:
             tests[split] = evaluation if split == dargs.eval_split else prepare(source(split, False), **prep)
-    train = with_augmentation(train, dargs, seed)
+    train = with_augmentation(train, dargs, seed, ramp_steps(dargs.augment_ramp_steps), rows_per_step)
     return train, evaluation, tests
 
 
-def with_augmentation(train, dargs, seed):
+def ramp_steps(text):
+    """'END' or 'START,END' -> (start, end) steps."""
+    try:
+        steps = [int(x) for x in str(text).split(",")]
+    except ValueError:
+        steps = []
+    if len(steps) not in (1, 2):
+        raise ValueError(f"--augment_ramp_steps takes END or START,END (whole steps), got {text!r}")
+    return (0, *steps) if len(steps) == 1 else tuple(steps)
+
+
+def with_augmentation(train, dargs, seed, ramp=(0, 0), rows_per_step=1):
     """Training rows only, fresh draws each time a row is read: the edge-silence crop, then rooms, noise and lines."""
     from hubert_gpt_training.augment import Chain, EdgeSilenceCrop, RoomAugment
 
     steps = ([EdgeSilenceCrop(dargs.edge_silence_crop, seed)] if dargs.edge_silence_crop else []) + (
-        [RoomAugment(dargs.room_augment, seed, non_speech=dargs.non_speech)]
+        [RoomAugment(dargs.room_augment, seed, non_speech=dargs.non_speech, ramp_start=ramp[0] * rows_per_step,
+                     ramp_rows=ramp[1] * rows_per_step)]
         if dargs.room_augment or dargs.non_speech else [])
     if not steps:
         return train
@@ -559,7 +575,8 @@ def run(argv):
     work_dir = os.path.join(targs.output_dir, "work")
     # one rank builds the corpus and the dataset caches, then the rest
     with phase(seconds, "data"), targs.main_process_first(desc="data"):
-        train, evaluation, tests = load_data(dargs, rargs, 16000, targs.seed)
+        rows_per_step = targs.per_device_train_batch_size * targs.gradient_accumulation_steps
+        train, evaluation, tests = load_data(dargs, rargs, 16000, targs.seed, rows_per_step)
     if dargs.streaming:  # each rank reads its own shards of a stream (accelerate splits them), not rank 0 all
         targs.accelerator_config.dispatch_batches = False
     # Training text, for a new tokenizer or a character CTC head only: a stream is not read ahead without need.

@@ -188,15 +188,26 @@ class RoomAugment(PerWorkerRandom):
     read), the utterance is played in a simulated room (reverb, probability 0.4), over a telephone line (0.25) and/or
     with noise (0.7: white, pink, babble of the batch's other utterances, hum or tones, at an SNR uniform in
     `snr_db`); at least one of the three. Rooms come from a pool of `rooms` impulse responses simulated once. With
-    probability `non_speech` a row becomes sound without speech and an empty transcript."""
+    probability `non_speech` a row becomes sound without speech and an empty transcript. With `ramp_rows`, both
+    probabilities are 0 for the first `ramp_start` rows read and grow linearly to full at `ramp_rows` (per process:
+    each DataLoader worker counts its own), so that a model from scratch first learns to hear clean speech."""
 
-    def __init__(self, prob, seed=0, snr_db=(0.0, 25.0), rooms=48, non_speech=0.0):
+    def __init__(self, prob, seed=0, snr_db=(0.0, 25.0), rooms=48, non_speech=0.0, ramp_rows=0, ramp_start=0):
         for name, value in (("room_augment", prob), ("non_speech", non_speech)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
         super().__init__(seed)
-        self.prob, self.snr_db, self.non_speech = prob, snr_db, non_speech
+        if not 0 <= ramp_start <= ramp_rows or (ramp_start and ramp_start == ramp_rows):
+            raise ValueError(f"the ramp must start before it ends: start {ramp_start}, end {ramp_rows}")
+        self.prob, self.snr_db, self.non_speech, self.rows_read = prob, snr_db, non_speech, 0
+        self.ramp_start, self.ramp_rows = ramp_start, ramp_rows
         self.responses = room_impulse_responses(rooms, seed) if prob else []
+
+    def ramp(self):
+        """The share of the probabilities in force for the next row (1 without a ramp)."""
+        if not self.ramp_rows:
+            return 1.0
+        return min(1.0, max(0.0, (self.rows_read - self.ramp_start) / (self.ramp_rows - self.ramp_start)))
 
     def sound_without_speech(self, length, rng):
         """`length` samples of noise, hum, tones or near-silent room tone (a level from -60 to -10 dB full scale),
@@ -210,7 +221,7 @@ class RoomAugment(PerWorkerRandom):
 
     def degrade(self, audio, rng, others=()):
         audio = np.asarray(audio, dtype=np.float32)
-        if rng.random() >= self.prob or not len(audio):
+        if rng.random() >= self.prob * self.ramp() or not len(audio):
             return audio
         reverb, phone, noise = rng.random(3) < (0.4, 0.25, 0.7)
         if not (reverb or phone or noise):
@@ -232,6 +243,8 @@ class RoomAugment(PerWorkerRandom):
         rng, rows = self.generator(), batch["audio"]
         audio = [self.degrade(a, rng, rows[:i] + rows[i + 1:]) for i, a in enumerate(rows)]
         texts = list(batch.get("text", [None] * len(rows)))
-        for i in np.nonzero(rng.random(len(rows)) < self.non_speech)[0]:
+        emptied = np.nonzero(rng.random(len(rows)) < self.non_speech * self.ramp())[0]
+        self.rows_read += len(rows)
+        for i in emptied:
             audio[i], texts[i] = self.sound_without_speech(len(rows[i]), rng), ""
         return {**batch, "audio": audio, **({"text": texts} if "text" in batch else {})}

@@ -70,8 +70,8 @@ def test_crop_refuses_a_probability_outside_zero_one(prob):
         EdgeSilenceCrop(prob)
 
 
-@pytest.mark.parametrize("streaming", [False, True])
-def test_flag_crops_training_rows_and_leaves_the_evaluation_split(tmp_path, streaming):
+def corpus_folder(tmp_path, *others):
+    """A save_to_disk folder of four utterance files: a train split and the `others`, all the same rows."""
     rows = {"audio": [], "transcription": []}
     for i in range(4):
         audio, _, _ = utterance(seed=i)
@@ -80,7 +80,13 @@ def test_flag_crops_training_rows_and_leaves_the_evaluation_split(tmp_path, stre
         rows["transcription"].append(f"文{i}")
     folder = str(tmp_path / "ds")
     data = datasets.Dataset.from_dict(rows).cast_column("audio", datasets.Audio(decode=False))
-    datasets.DatasetDict(train=data, test=data).save_to_disk(folder)
+    datasets.DatasetDict({name: data for name in ("train", *others)}).save_to_disk(folder)
+    return folder, rows
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_flag_crops_training_rows_and_leaves_the_evaluation_split(tmp_path, streaming):
+    folder, rows = corpus_folder(tmp_path, "test")
     dargs = train_hf.DataArguments(dataset_dir=folder, eval_split="test", streaming=streaming, edge_silence_crop=1.0)
     rargs = types.SimpleNamespace(preset=None)
     train, evaluation, _ = train_hf.load_data(dargs, rargs, RATE, seed=0)
@@ -157,15 +163,7 @@ def test_dataloader_workers_draw_their_own_rooms_and_noise():
 
 
 def test_flags_chain_the_crop_and_the_rooms_on_training_rows_only(tmp_path):
-    rows = {"audio": [], "transcription": []}
-    for i in range(4):
-        audio, _, _ = utterance(seed=i)
-        sf.write(tmp_path / f"{i}.wav", audio, RATE)
-        rows["audio"].append(str(tmp_path / f"{i}.wav"))
-        rows["transcription"].append(f"文{i}")
-    folder = str(tmp_path / "ds")
-    data = datasets.Dataset.from_dict(rows).cast_column("audio", datasets.Audio(decode=False))
-    datasets.DatasetDict(train=data, test=data, test_noisy=data).save_to_disk(folder)
+    folder, rows = corpus_folder(tmp_path, "test", "test_noisy")
     dargs = train_hf.DataArguments(dataset_dir=folder, eval_split="test", edge_silence_crop=1.0, room_augment=1.0,
                                    test_splits="test,test_noisy")
     train, evaluation, tests = train_hf.load_data(dargs, types.SimpleNamespace(preset=None), RATE, seed=0)
@@ -193,3 +191,23 @@ def test_non_speech_rows_get_sound_without_speech_of_their_length_and_an_empty_t
             assert out["text"][i] == f"文{i}" and np.array_equal(audio, rows["audio"][i])
     with pytest.raises(ValueError, match=r"non_speech must be a probability in \[0, 1\], got -1"):
         RoomAugment(0.5, non_speech=-1)
+
+
+def test_the_ramp_grows_both_probabilities_from_zero_over_the_rows_read():
+    rows = {"audio": [utterance(seed=i)[0] for i in range(10)], "text": [f"文{i}" for i in range(10)]}
+    augment = RoomAugment(1.0, seed=0, rooms=2, non_speech=0.5, ramp_rows=30)
+    first = augment(rows)  # rows 0-9 read with the ramp at 0: untouched
+    assert first["text"] == rows["text"] and all(np.array_equal(a, b) for a, b in zip(first["audio"], rows["audio"]))
+    assert augment.ramp() == pytest.approx(10 / 30)
+    augment(rows), augment(rows)
+    assert augment.ramp() == 1.0
+    last = augment(rows)  # the full probabilities: every row degraded, about half emptied
+    assert all(not np.array_equal(a, b) for a, b in zip(last["audio"], rows["audio"])) and "" in last["text"]
+    late = RoomAugment(1.0, seed=0, rooms=2, ramp_start=20, ramp_rows=40)
+    late(rows), late(rows)
+    assert late.ramp() == 0.0 and (late(rows), late.ramp())[1] == 0.5
+    with pytest.raises(ValueError, match="the ramp must start before it ends: start 30, end 20"):
+        RoomAugment(0.5, ramp_start=30, ramp_rows=20)
+    with pytest.raises(ValueError, match=r"--augment_ramp_steps takes END or START,END \(whole steps\), got '1;2'"):
+        train_hf.ramp_steps("1;2")
+    assert train_hf.ramp_steps("800") == (0, 800) and train_hf.ramp_steps("1500,2500") == (1500, 2500)
