@@ -157,9 +157,10 @@ def recipe_setup(corpus_hours, corpus_dir, model_size, work_dir):
     argv = ["--output_dir", work_dir, "--corpus_hours", str(corpus_hours), "--corpus_dir", corpus_dir,
             "--model_size", model_size]
     margs, dargs, rargs, targs = train_hf.parse(argv)
-    # The recipe's edge-silence crop is left out: its crops are random per read and per worker process, so the workers
-    # lever could not give the recipe's losses; its cost on the data path is left out of every lever alike.
-    dargs.edge_silence_crop = 0.0
+    # The recipe's augmentation (edge-silence crop, rooms and noise, non-speech rows) is left out: its draws are random
+    # per read and per worker process, so the workers lever could not give the recipe's losses; its cost on the data
+    # path is left out of every lever alike.
+    dargs.edge_silence_crop = dargs.room_augment = dargs.non_speech = 0.0
     train, _, _ = train_hf.load_data(dargs, rargs, RATE, targs.seed)
     torch.manual_seed(targs.seed)
     model, processor = train_hf.build_model(margs, train["text"], work_dir)

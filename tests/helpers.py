@@ -128,9 +128,11 @@ def wav_column(audios, sr=16000):
 
 
 def save_audio_split(folder, split, audios, texts, sr=16000, **columns):
-    """datasets.save_to_disk folder with one split: an Audio column (WAV bytes, decode=False), transcription, more."""
+    """datasets.save_to_disk folder with one split (or the same rows under each name of a tuple of splits): an Audio
+    column (WAV bytes, decode=False), transcription, more."""
     import datasets
 
     table = datasets.Dataset.from_dict({"audio": wav_column(audios, sr), "transcription": texts, **columns})
     table = table.cast_column("audio", datasets.Audio(sr, decode=False))
-    (datasets.DatasetDict({split: table}) if split else table).save_to_disk(str(folder))
+    names = split if isinstance(split, tuple) else (split,)
+    (datasets.DatasetDict({name: table for name in names}) if split else table).save_to_disk(str(folder))

@@ -93,7 +93,8 @@ def test_timestamps_bench_reports_accuracy_lost_text_no_speech_and_cost(tmp_path
     model.save_pretrained(tmp_path / "model")
     HubertGptProcessor(feature_extractor=tiny_feature_extractor, tokenizer=tiny_tokenizer).save_pretrained(
         tmp_path / "model")
-    save_audio_split(tmp_path / "data", "test", [make_audio(1.0 + 0.1 * i, seed=i) for i in range(8)], texts)
+    save_audio_split(tmp_path / "data", ("test", "test_noisy"), [make_audio(1.0 + 0.1 * i, seed=i) for i in range(8)],
+                     texts)
     result, stdout = run_bench("timestamps.py", ["--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "data"),
                                                  "--per_file", "2", "--long_s", "6", "--batch_size", "4",
                                                  "--rounds", "1"], tmp_path)
@@ -104,7 +105,11 @@ def test_timestamps_bench_reports_accuracy_lost_text_no_speech_and_cost(tmp_path
     assert result["joined_files_early_stop_split_off"]["files"] == 4
     assert result["files_30s_chunk8"]["cer_one_by_one_trimmed"] >= 0 and "cer_ratio_trimmed" in result["long_file"]
     assert result["timestamps_identical_text"] is True  # aligning reads the CTC head; it changes no transcript
-    assert result["no_speech_guards_on"]["clips"] == result["no_speech_guards_off"]["clips"] == 20
+    assert result["no_speech_guards_on"]["clips"] == result["no_speech_guards_off"]["clips"] == 40
+    noisy = result["test_noisy"]  # the noisy split (here the same audio): guards on and off, emptied utterances
+    assert noisy["utterances"] == 8 and set(noisy) == {"utterances", "guards_on", "guards_off"}
+    assert all(0 <= noisy[k]["emptied"] <= 8 and noisy[k]["cer"] >= 0 for k in ("guards_on", "guards_off"))
+    assert "test_reverb" not in result  # splits the corpus lacks are left out
     assert result["long_file"]["seconds"] >= 6 and result["timestamp_cost_ratio_b16"] > 0
     assert '"files_30s_chunk8"' in stdout
 
