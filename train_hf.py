@@ -157,15 +157,17 @@ SMOKE = dict(max_steps=60, per_device_train_batch_size=8, per_device_eval_batch_
              warmup_steps=5, logging_steps=10, eval_strategy="no", save_strategy="no", report_to="none")
 
 
-# The recipe is its 2000 steps; the 90-minute guard only stops a runaway run (a slower machine must reach the same
+# The recipe is its 4000 steps; the 90-minute guard only stops a runaway run (a slower machine must reach the same
 # model, only later). The encoder runs at 25 Hz on four stacked 25 ms log-mel windows per frame; the conv bridge
-# halves that once (a 12.5 Hz speech prompt, as the paper's).
-RECIPE = dict(max_steps=2000, per_device_train_batch_size=16, per_device_eval_batch_size=32, learning_rate=2e-3,
+# halves that once (a 12.5 Hz speech prompt, as the paper's). Rooms, noise and non-speech rows start at step 1500 and
+# are at full strength from step 2500: from step 0 they kept the encoder from hearing anything for 1500 steps.
+RECIPE = dict(max_steps=4000, per_device_train_batch_size=16, per_device_eval_batch_size=32, learning_rate=2e-3,
               lr_scheduler_type="cosine", warmup_steps=200, weight_decay=0.01, logging_steps=25, eval_strategy="steps",
               eval_steps=500, save_strategy="no", report_to="none", model_size="small", bridge="conv",
               audio_frontend="log_mel", encoder_hop=640, log_mel_stack=4, frontend_width=192, max_train_minutes=90,
               eval_split="dev", test_splits="test,test_noisy,test_reverb,test_phone,test_katakana",
-              edge_silence_crop=0.5, room_augment=0.5, non_speech=0.03, vocab_size=1000)
+              edge_silence_crop=0.5, room_augment=0.5, non_speech=0.03, augment_ramp_steps="1500,2500",
+              vocab_size=1000)
 # Per bridge: the conv bridge gets a CTC draft head trained alone (a small weight is enough: its loss only
 # trains the head); the ctc bridge's own head trains the encoder at full weight.
 RECIPE_BY_BRIDGE = {"conv": dict(bridge_strides="2,1", ctc_head=True, ctc_head_chars=True, ctc_trains_encoder=False,

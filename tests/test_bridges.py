@@ -1,4 +1,4 @@
-"""The bridge interface: a user's own bridge is one class plus one register_bridge call (README's snippet, verbatim)."""
+"""The bridge interface: a user's own bridge is one class plus one register_bridge call (docs/own_bridge.md's snippet, verbatim)."""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ from hubert_gpt_training.tiny import tiny_config
 from modeling_hubert_gpt import HubertGptConfig, HubertGptForConditionalGeneration
 from modeling_hubert_gpt.bridges_hubert_gpt import HubertGptConvBridge, HubertGptCtcBridge, bridge_class
 
-# --- README: "Your own bridge" (keep identical) ---
+# --- docs/own_bridge.md (keep identical) ---
 from torch import nn  # noqa: E402
 
 from modeling_hubert_gpt import BridgeOutput, HubertGptBridge, register_bridge  # noqa: E402
@@ -38,7 +38,7 @@ class MeanPoolBridge(HubertGptBridge):
 
 
 register_bridge("meanpool", MeanPoolBridge)
-# --- end of the README snippet ---
+# --- end of the docs/own_bridge.md snippet ---
 
 
 def meanpool_model(seed=0, **kwargs):
@@ -96,3 +96,15 @@ def test_own_bridge_trains_and_saves_and_loads(tmp_path):
     loaded = HubertGptForConditionalGeneration.from_pretrained(tmp_path).eval()
     assert type(loaded.bridge) is MeanPoolBridge and loaded.config.bridge_type == "meanpool"
     assert torch.equal(model.generate(values, mask), loaded.generate(values, mask))
+
+
+def test_the_docs_snippet_is_the_code_tested_here():
+    from pathlib import Path
+
+    here = Path(__file__).read_text(encoding="utf-8")
+    tested = here.split("# --- docs/own_bridge.md (keep identical) ---\n")[1].split("\n# --- end of the")[0]
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "own_bridge.md").read_text(encoding="utf-8")
+    shown = docs.split("```python\n")[1].split("```")[0]
+    # the same code lines, but for the test module's lint marks and its `import torch` (made at its top)
+    assert [line for line in shown.splitlines() if line.strip() and line != "import torch"] == \
+        [line for line in tested.replace("  # noqa: E402", "").splitlines() if line.strip()]
