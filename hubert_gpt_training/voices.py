@@ -26,6 +26,8 @@ def check_voice(voice):
         raise ValueError(f"a voice is a dict whose 'engine' is one of {ENGINES}; got {voice!r}")
     if not 0.5 <= voice.get("speed", 1.0) <= 2.0:
         raise ValueError(f"voice speed must be in [0.5, 2.0], got {voice.get('speed')!r}")
+    if engine == "openjtalk" and not all(isinstance(voice.get(k), (int, float)) for k in ("speed", "half_tone")):
+        raise ValueError(f"an openjtalk voice needs a numeric 'speed' and 'half_tone', got {voice!r}")
     if engine == "kokoro":
         mix = voice.get("mix")
         if not isinstance(mix, dict) or not mix:

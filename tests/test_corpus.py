@@ -127,6 +127,7 @@ def test_blends_are_new_speakers_made_of_weighted_styles():
     ({"engine": "kokoro", "mix": {"jf_alpha": -1.0}}, "weights must be >= 0 with a positive sum"),
     ({"engine": "espeak"}, r"'engine' is one of \('openjtalk', 'kokoro'\)"),
     ({"engine": "openjtalk", "speed": 3.0, "half_tone": 0}, r"speed must be in \[0.5, 2.0\], got 3.0"),
+    ({"engine": "openjtalk", "speed": 1.0}, "an openjtalk voice needs a numeric 'speed' and 'half_tone'"),
 ])
 def test_a_bad_voice_is_a_clear_error(voice, message):
     with pytest.raises(ValueError, match=message):
