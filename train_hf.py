@@ -620,9 +620,10 @@ def run(argv):
         del seconds["draft_head_refit"]
     with phase(seconds, "test_evaluation"):
         splits = {name: trainer.evaluate(data, metric_key_prefix=name) for name, data in tests.items()}
-        headline = next(iter(tests), None)
+        headline = next(iter(tests), None)  # the first test split is the headline CER, reported as test_*
         metrics = splits.pop(headline) if headline else trainer.evaluate(metric_key_prefix="test")
-        metrics = {f"test_{k[len(headline) + 1:]}" if headline else k: v for k, v in metrics.items()}
+        if headline:
+            metrics = {"test_" + key[len(headline) + 1:]: value for key, value in metrics.items()}
     conditions = {name: {key: m[f"{name}_{key}"] for key in ("cer", "wer", "num_utterances", "num_emptied")}
                   for name, m in splits.items()}
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -632,7 +633,7 @@ def run(argv):
         "cer": metrics["test_cer"], "wer": metrics["test_wer"], "num_utterances": metrics["test_num_utterances"],
         "eval_loss": metrics.get("test_loss"), "dataset_name": dataset_label,
         "split": "generated eval set" if rargs.preset == "smoke" else (
-            next(iter(tests), None) or dargs.eval_split or f"held-out {len(evaluation)} of {dargs.train_split}"),
+            headline or dargs.eval_split or f"held-out {len(evaluation)} of {dargs.train_split}"),
         "num_emptied": metrics.get("test_num_emptied"), "conditions": conditions,
         "bridge_type": base.config.bridge_type, "global_step": trainer.state.global_step,
         "train_loss": train_result.training_loss, "train_runtime_s": round(train_result.metrics["train_runtime"], 1),

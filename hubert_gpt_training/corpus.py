@@ -152,7 +152,7 @@ def plan(hours, seed, kokoro_share=KOKORO_SHARE):
             reading = None
             if split == "train":
                 if rng.random() < NAMED_SHARE:
-                    sentence, reading = named_sentence(names, rng)
+                    sentence, reading, _ = named_sentence(names, rng)
                 engine = kokoro_voice if rng.random() < kokoro_share else openjtalk_voice
             else:
                 engine = kokoro_voice if i % 2 == 0 else openjtalk_voice
@@ -191,7 +191,7 @@ def surname_pool(count):
 
 
 def named_sentence(names, rng):
-    """(sentence, reading): a sentence of a template with a person or place slot, that slot ("<name>さんが" or
+    """(sentence, reading, name): a sentence of a template with a person or place slot, that slot ("<name>さんが" or
     "<name>で") holding one of `names` ([(written, reading)]); `reading` is the sentence with the name spoken by its
     reading (the engines' dictionary misreads many surnames)."""
     template = rng.choice([t for t in TEMPLATES if "person" in t or "place" in t])
@@ -201,7 +201,7 @@ def named_sentence(names, rng):
     words = [rng.choice(WORDS[s]) for s in template]
     written = [name + suffix if s == slot else w for s, w in zip(template, words)]
     spoken = [kana + suffix if s == slot else w for s, w in zip(template, words)]
-    return "".join(written), "".join(spoken)
+    return "".join(written), "".join(spoken), name
 
 
 def synthesize(row):
@@ -320,17 +320,11 @@ def hotword_plan(train_texts, count, seed=0):
     rng = random.Random(seed)
     rows, said = [], []
     for i in range(count):
-        sentence, name = named_sentence_of(spoken, rng)
+        sentence, _, name = named_sentence([(n, n) for n in spoken], rng)  # spoken as written
         voice = (kokoro_voice if i % 2 == 0 else openjtalk_voice)(rng, True)
         rows.append({"split": "hotwords", "text": sentence, "reading": None, "voice": voice})
         said.append([name])
     return rows, said, distractors
-
-
-def named_sentence_of(names, rng):
-    """(sentence, name) for written names alone (spoken as written)."""
-    sentence, _ = named_sentence([(n, n) for n in names], rng)
-    return sentence, next(n for n in names if n in sentence)
 
 
 def build_hotword_set(corpus, count=100, seed=0, workers=None):
